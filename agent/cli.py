@@ -1,0 +1,145 @@
+"""The ``reconcile-agent`` command line.
+
+Each subcommand is one small function registered in :data:`SUBCOMMANDS`; adding one (apply, get, watch)
+means writing its function and a :class:`Subcommand` entry, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import agent
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.log import configure_logging
+
+PROG = "reconcile-agent"
+EXIT_OK = 0
+EXIT_USAGE = 2  # also argparse's status for bad arguments, so "bad input" is always 2
+EXIT_INTERRUPTED = 130  # the shell's convention for a SIGINT
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    summary: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="YAML configuration file; RECONCILE_* environment variables override it "
+        "(RECONCILE_NODE_ID, RECONCILE_MQTT__PORT, ...)",
+    )
+
+
+def _load(path: Path) -> AgentConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    configure_logging(config.log.format, config.log.level)
+    # Imported here so that --help, --version and check-config stay fast and never touch MQTT code.
+    from agent.daemon import run_agent  # noqa: PLC0415
+
+    return asyncio.run(run_agent(config))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        config.check_files()
+    except ConfigError as exc:
+        print(f"{args.config}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    mqtt = config.mqtt
+    broker = "embedded, started by the agent" if mqtt.embedded else "external"
+    tls = "off" if mqtt.tls is None else ("required" if mqtt.tls.required else "on")
+    print(f"{args.config}: ok")
+    print(f"  node id:   {config.node_id}")
+    print(f"  broker:    {mqtt.host}:{mqtt.port} ({broker}, TLS {tls})")
+    print(f"  topics:    {mqtt.topic_prefix}/nodes/{config.node_id}/...")
+    print(f"  state dir: {config.state_dir}")
+    return EXIT_OK
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        name="run",
+        summary="run the agent in the foreground until SIGTERM or SIGINT",
+        example="reconcile-agent run --config config/dev.yaml",
+        add_arguments=_add_config_argument,
+        handler=_run,
+    ),
+    Subcommand(
+        name="check-config",
+        summary="validate a configuration file and show what it resolves to",
+        example="reconcile-agent check-config --config /etc/reconcile-agent/agent.yaml",
+        add_arguments=_add_config_argument,
+        handler=_check_config,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {cmd.example}\n      {cmd.summary}" for cmd in SUBCOMMANDS)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Per-node reconciliation agent: takes desired state for this node's executions over "
+        "MQTT, runs them, and publishes durable status revisions.",
+        epilog=f"examples:\n{examples}\n\nexit status: 0 ok, 2 bad arguments or configuration, "
+        "130 interrupted.\nRun 'reconcile-agent COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {agent.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in SUBCOMMANDS:
+        sub = commands.add_parser(
+            cmd.name,
+            help=cmd.summary,
+            description=cmd.summary[:1].upper() + cmd.summary[1:] + ".",
+            epilog=f"example:\n  {cmd.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_arguments(sub)
+        sub.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reconcile-agent`` script and ``python -m agent``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # --help, --version and usage errors exit from inside argparse; return the status instead, so
+        # main() can be called in-process.
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        # The daemon handles SIGINT itself; this covers a Ctrl-C before its handlers are installed.
+        return EXIT_INTERRUPTED

@@ -1,0 +1,353 @@
+"""The agent's configuration: a YAML file, overridden by ``RECONCILE_*`` environment variables.
+
+Everything an operator can get wrong here surfaces as a :class:`ConfigError` whose message names the
+file and the dotted key, so a typo is a one-line fix rather than a traceback to decode.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Hashable, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.names import id_problem
+
+ENV_PREFIX = "RECONCILE_"
+ENV_NESTED_DELIMITER = "__"
+
+# Models are strict so that `port: "1883"` is an error instead of a silent conversion; paths are the
+# exception because YAML has no path type and a string is the only way to write one.
+ConfigPath = Annotated[Path, Strict(False)]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used.
+
+    ``path`` is the file at fault (None when no single file is), ``message`` a few lines for the operator
+    that name the file and the dotted key, never a traceback.
+    """
+
+    def __init__(self, path: Path | None, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class TlsConfig(BaseModel):
+    model_config = _STRICT
+
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS needs both)")
+        return self
+
+
+class MqttConfig(BaseModel):
+    model_config = _STRICT
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "reconcile/v1"
+    client_id: str | None = Field(default=None, min_length=1)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    tls: TlsConfig | None = None
+    embedded: bool = False
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        if "+" in value or "#" in value:
+            raise ValueError(f"{value!r} contains an MQTT wildcard ('+' or '#'); a prefix must be literal")
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} must not start or end with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _password_needs_username(self) -> Self:
+        # MQTT 3.1.1 (section 3.1.2.9) forbids a password without a user name.
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file is set but username is not; MQTT needs both")
+        return self
+
+
+class LimitsConfig(BaseModel):
+    model_config = _STRICT
+
+    max_payload_bytes: int = Field(default=262144, ge=1024)
+
+
+class LogConfig(BaseModel):
+    model_config = _STRICT
+
+    format: Literal["json", "console", "auto"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _host_node_id() -> str:
+    return socket.gethostname().split(".", 1)[0]
+
+
+# load_config hands the parsed file to settings_customise_sources through this variable: the file's
+# path is only known at run time, and passing the values as init kwargs would make them beat the
+# environment.
+_file_values: ContextVar[Mapping[str, Any]] = ContextVar("_file_values", default=MappingProxyType({}))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed YAML file, passed through as written.
+
+    Unlike InitSettingsSource it does not fold the case of keys, so `Node_ID:` is reported as an unknown
+    key instead of being accepted at the top level while `mqtt.Port:` is not.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+    )
+
+    node_id: str = Field(default_factory=_host_node_id, validate_default=True)
+    state_dir: ConfigPath = Path("/var/lib/reconcile-agent")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No dotenv or secrets directory: an agent should not pick up a stray .env from its cwd.
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        problem = id_problem(value)
+        if problem is None:
+            return value
+        if value == _host_node_id():
+            problem += "; it is this host's name, the default, so set node_id explicitly"
+        raise ValueError(f"node id {value!r} {problem}")
+
+    @field_validator("mqtt", "limits", "log", mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, value: object) -> object:
+        # `mqtt:` with every child commented out parses as null; treat it like an absent section.
+        return {} if value is None else value
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"reconcile-agent-{self.node_id}"
+
+    def mqtt_password(self) -> str | None:
+        path = self.mqtt.password_file
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(path, f"mqtt.password_file: cannot read {path}: {_why(exc)}") from exc
+
+    def check_files(self) -> None:
+        """Raise ConfigError unless every file the configuration names can be read now."""
+        self.mqtt_password()
+        tls = self.mqtt.tls
+        if tls is None:
+            return
+        for key in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(tls, key)
+            if path is None:
+                continue
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(path, f"mqtt.tls.{key}: cannot read {path}: {_why(exc)}") from exc
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read ``path`` (YAML), apply ``RECONCILE_*`` environment overrides, and validate the result."""
+    values = _read_yaml(path)
+    token = _file_values.set(values)
+    try:
+        return AgentConfig()
+    except ValidationError as exc:
+        raise ConfigError(path, _describe_errors(path, exc)) from exc
+    finally:
+        _file_values.reset(token)
+
+
+class _StrictKeyLoader(yaml.SafeLoader):
+    """Keys must be unique strings.
+
+    PyYAML keeps the last of two equal keys, so a repeated `mqtt:` section would silently drop the first;
+    and a key such as `1:` or `true:` can only be a mistake in this file.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is not a string", key_node.start_mark
+                )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"{path}: cannot read the configuration file: {_why(exc)}") from exc
+    try:
+        data = yaml.load(text, Loader=_StrictKeyLoader)  # a SafeLoader subclass, so no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"{path}: malformed YAML{_yaml_where(exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            path,
+            f"{path}: the top level must be a mapping of keys such as `node_id:` and `mqtt:`, "
+            f"not {_kind(data)}",
+        )
+    return data
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f": {exc}"
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = ", ".join(part for part in (exc.context, exc.problem) if part)
+    return f"{where}: {what}" if what else where
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return str(exc)
+
+
+def _describe_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for error in exc.errors(include_url=False):
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "(top level)"
+        line = f"  {key}: {_error_text(loc, error)}"
+        env_name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(loc).upper()
+        if loc and env_name in os.environ:
+            line += f" (set by the environment variable {env_name})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _error_text(loc: tuple[str, ...], error: ErrorDetails) -> str:
+    kind = error["type"]
+    value = error["input"]
+    if kind == "extra_forbidden":
+        return "unknown key" + _key_hint(loc)
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    message = error["msg"]
+    if not message.startswith("Input should be "):
+        return message
+    got = _kind(value) if kind.endswith("_type") or kind == "is_instance_of" else _short(value)
+    text = f"{message.removeprefix('Input ')}, got {got}"
+    if kind == "string_type" and isinstance(value, int | float):
+        text += "; put it in quotes to make it a string"
+    return text
+
+
+def _key_hint(loc: tuple[str, ...]) -> str:
+    model: Any = AgentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None:
+            return ""
+        model = _model_in(field.annotation)
+        if model is None:
+            return ""
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1].lower(), known, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known keys here: {', '.join(known)})"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", (annotation,))
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _kind(value: object) -> str:
+    # Say what the YAML looked like, in YAML's words, so `port: "1883"` reads as "a string".
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({_short(value)})"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,89 @@
+"""The stored state of one execution: everything the lifecycle decides from, and nothing it does not need.
+
+It is plain data, persisted as JSON by the store and rendered into the status document by
+:mod:`agent.core.status`. Times are wall-clock epoch seconds handed in by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.protocol import DesiredState, ObservedState, RunOutput, Spec
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProcessRef(_Frozen):
+    """A running workload and the supervisor that reaps it.
+
+    Start times (seconds since the epoch, as the kernel reports them) guard against a recycled pid:
+    a process is only ours if both pid and start time match.
+    """
+
+    attempt: int
+    pid: int
+    started: float
+    supervisor_pid: int
+    supervisor_started: float
+
+    @property
+    def compute_reference(self) -> str:
+        return f"pid:{self.pid}"
+
+
+class Absent(_Frozen):
+    """An execution the agent does not know (never seen, or deleted): only its revision high-water mark."""
+
+    execution_id: str
+    node_id: str
+    revision: int = 0
+
+
+class Execution(_Frozen):
+    execution_id: str
+    node_id: str
+    job_id: str
+    revision: int
+    generation: int = 0
+    desired: DesiredState | None = None
+    spec: Spec | None = None
+    previous_execution_id: str | None = None
+    next_execution_id: str | None = None
+    created_at: float
+    updated_at: float
+    stable_at: float | None = None
+    observed: ObservedState
+    compute_reference: str | None = None  # the last workload's pid, kept after it ends
+    restart_count: int = 0  # every restart the agent made, never reset
+    run_output: RunOutput = Field(default_factory=RunOutput)
+    details: dict[str, Any] = Field(default_factory=dict)
+    # Internal bookkeeping, never published as such.
+    started_once: bool = False
+    attempt: int = 0  # spawns asked for so far; each attempt has its own exit-status file
+    spawn_pending: bool = False  # a Spawn for ``attempt`` is under way and has not reported back
+    process: ProcessRef | None = None
+    timers: dict[str, float] = Field(default_factory=dict)  # name -> wall-clock deadline
+    recent_restarts: int = 0  # restarts since the last run that passed its window: drives backoff
+    deleting: bool = False
+    stop_outcome: str | None = None  # why the agent stops it on its own: it lands in failed with this
+    rejected_digest: str | None = None  # the last rejected payload, so a redelivery is not re-reported
+
+    @property
+    def state_type(self) -> str:
+        return self.observed.state_type
+
+    @property
+    def active(self) -> bool:
+        """A workload exists or is being spawned for this execution."""
+        return self.process is not None or self.spawn_pending
+
+    @property
+    def next_timer(self) -> tuple[str, float] | None:
+        if not self.timers:
+            return None
+        name = min(self.timers, key=lambda n: self.timers[n])
+        return name, self.timers[name]

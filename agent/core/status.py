@@ -1,0 +1,46 @@
+"""Rendering of the documents the agent publishes, from core state. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.core.model import Execution
+from agent.protocol import rfc3339
+
+
+def status_document(execution: Execution) -> dict[str, Any]:
+    """The execution status document of PROTOCOL.md, field for field."""
+    desired = execution.desired
+    return {
+        "execution_id": execution.execution_id,
+        "job_id": execution.job_id,
+        "node_id": execution.node_id,
+        "revision": execution.revision,
+        "observed_generation": execution.generation,
+        "created_at": rfc3339(execution.created_at),
+        "updated_at": rfc3339(execution.updated_at),
+        "stable_at": rfc3339(execution.stable_at),
+        "desired_state": desired.model_dump(mode="json") if desired is not None else None,
+        "observed_state": execution.observed.model_dump(mode="json"),
+        "previous_execution_id": execution.previous_execution_id,
+        "next_execution_id": execution.next_execution_id,
+        "compute_reference": execution.compute_reference,
+        "restart_count": execution.restart_count,
+        "run_output": execution.run_output.model_dump(mode="json"),
+        "details": dict(execution.details),
+    }
+
+
+def status_view(execution: Execution | None) -> dict[str, Any] | None:
+    """What makes two statuses different: the document without its revision and update time."""
+    if execution is None:
+        return None
+    document = status_document(execution)
+    del document["revision"], document["updated_at"]
+    return document
+
+
+def event_document(
+    event_type: str, node_id: str, execution_id: str | None, at: float, **fields: Any
+) -> dict[str, Any]:
+    return {"type": event_type, "node_id": node_id, "execution_id": execution_id, "at": rfc3339(at), **fields}

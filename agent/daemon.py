@@ -1,0 +1,174 @@
+"""The agent as one unit: store, runtime, MQTT link (and the embedded broker) under one TaskGroup.
+
+``Agent`` is an async context manager: entering it opens the store and starts every long-lived loop as
+a named task of its TaskGroup; leaving it publishes ``offline``, cancels the loops and closes the store.
+Workloads are never touched on the way out. ``run_agent`` is the CLI's entry point: signal handlers only
+set a flag, and the agent runs until that flag is set or a loop fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from agent import __version__
+from agent.broker import BrokerStartError, embedded_broker
+from agent.config import AgentConfig, ConfigError
+from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
+from agent.executors.process import ProcessExecutor
+from agent.mqtt import MqttLink, client_settings
+from agent.names import id_problem
+from agent.protocol import Accepted, Deleted, Topics, parse_desired, payload_digest, rfc3339
+from agent.runtime import Outbox, Runtime, run_forever
+from agent.store import Store, StoreError
+
+log = structlog.get_logger("agent.daemon")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.mqtt.topic_prefix, config.node_id)
+        self.started_at = time.time()
+        self.log = log.bind(node=config.node_id)
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rejected_topics: set[tuple[str, str]] = set()
+
+    async def __aenter__(self) -> Agent:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        config = self.config
+        self.store = Store(config.state_dir / "agent.db", config.node_id)
+        self._stack.callback(self.store.close)
+        self.outbox = Outbox()
+        self.runtime = Runtime(self.store, ProcessExecutor(config.state_dir), self.topics, self.outbox)
+        if config.mqtt.embedded:
+            await self._stack.enter_async_context(embedded_broker(config.mqtt.host, config.mqtt.port))
+        self.link = MqttLink(
+            settings=client_settings(
+                host=config.mqtt.host,
+                port=config.mqtt.port,
+                client_id=config.client_id,
+                keepalive_s=config.mqtt.keepalive_s,
+                username=config.mqtt.username,
+                password=config.mqtt_password(),
+                tls_context=tls_context(config),
+            ),
+            topics=self.topics,
+            store=self.store,
+            outbox=self.outbox,
+            node_status=self.node_status,
+            on_message=self.on_message,
+        )
+        tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        for name, coro in (("runtime", self.runtime.run()), ("mqtt", self.link.run())):
+            task = tasks.create_task(coro, name=name)
+            task.add_done_callback(run_forever(name))
+            self._tasks.append(task)
+        await asyncio.sleep(0)  # let the runtime start its clock before anything is queued
+        self.runtime.node_event(
+            "agent_started", agent_version=__version__, started_at=rfc3339(self.started_at)
+        )
+        self.log.info("agent started", version=__version__, state_dir=str(config.state_dir))
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.link.say_offline()
+        for task in self._tasks:
+            task.cancel()
+        await self._stack.__aexit__(exc_type, exc, tb)
+        self.log.info("agent stopped")
+
+    def node_status(self, state: str) -> dict[str, Any]:
+        return {
+            "node_id": self.config.node_id,
+            "state": state,
+            "agent_version": __version__,
+            "started_at": rfc3339(self.started_at),
+            "updated_at": rfc3339(time.time()),
+            "executions": self.runtime.counts(),
+        }
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A desired document arrived: turn it into a core event. Never raises."""
+        execution_id = self.topics.execution_of_desired(topic)
+        if execution_id is None:
+            self.log.warning("message on an unexpected topic", topic=topic)
+            return
+        problem = id_problem(execution_id)
+        if problem is not None:
+            # No status topic can be made for a bad name: report it as a node event, once per payload.
+            key = (topic, payload_digest(payload))
+            if payload and key not in self._rejected_topics:
+                self._rejected_topics.add(key)
+                reason = f"execution id in topic {topic!r} {problem}"
+                self.runtime.node_event("desired_rejected", generation=None, reason=reason)
+                self.log.warning("desired document rejected", topic=topic, reason=reason)
+            return
+        self.runtime.submit(execution_id, to_event(parse_desired(execution_id, payload, self._max_payload)))
+
+    @property
+    def _max_payload(self) -> int:
+        return self.config.limits.max_payload_bytes
+
+
+def to_event(parsed: Any) -> Event:
+    if isinstance(parsed, Accepted):
+        return DesiredReceived(parsed.document, parsed.digest)
+    if isinstance(parsed, Deleted):
+        return DesiredDeleted()
+    return DesiredRejected(parsed.generation, parsed.reason, parsed.digest)
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    tls = config.mqtt.tls
+    if tls is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            Path(str(tls.ca_file or tls.cert_file)), f"mqtt.tls: cannot load the certificates: {exc}"
+        ) from exc
+    return context
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """Run until SIGTERM or SIGINT; 0 on a clean stop, 1 if a loop failed, 2 if the agent cannot start."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    code = EXIT_OK
+    try:
+        async with Agent(config):
+            await stop.wait()
+    except* (StoreError, BrokerStartError, ConfigError) as group:
+        log.error("cannot start", error="; ".join(str(e) for e in group.exceptions))
+        code = EXIT_CONFIG
+    except* Exception as group:
+        log.error("agent failed", errors=[repr(e) for e in group.exceptions])
+        code = EXIT_FAILED
+    return code

@@ -1,0 +1,173 @@
+"""The MQTT edge: one session to the broker, kept up forever, carrying desired documents in and the
+outbox out.
+
+Per connection: publish the node as ``online`` (retained; the will says ``offline``), subscribe to this
+node's desired topics with QoS 1 on a persistent session, then run two loops side by side: the receiver
+turns messages into core events, the publisher drains the outbox in order. A lost connection ends both;
+the session is re-established with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from agent.protocol import Topics, dumps
+from agent.runtime import Outbox
+from agent.store import Store
+
+log = structlog.get_logger("agent.mqtt")
+
+PUBLISH_BATCH = 64  # in flight at once; paho sends them in order, so order on the wire is kept
+PUBLISH_TIMEOUT_S = 10.0
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 15.0
+
+
+class MqttLink:
+    def __init__(
+        self,
+        *,
+        settings: dict[str, Any],
+        topics: Topics,
+        store: Store,
+        outbox: Outbox,
+        node_status: Callable[[str], dict[str, Any]],
+        on_message: Callable[[str, bytes], None],
+    ) -> None:
+        self._settings = settings
+        self.topics = topics
+        self._store = store
+        self._outbox = outbox
+        self._node_status = node_status
+        self._on_message = on_message
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.log = log.bind(node=topics.node_id)
+
+    def _new_client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(self.topics.node_status, dumps(self._node_status("offline")), qos=1, retain=True)
+        return aiomqtt.Client(**self._settings, will=will, clean_session=False)
+
+    async def run(self) -> None:
+        """Stay connected forever; each broker outage is logged once per attempt, never raised."""
+        while True:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(aiomqtt.MqttError),
+                wait=wait_random_exponential(multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S),  # full jitter
+                before_sleep=self._log_retry,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._session()
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning(
+            "broker unreachable", attempt=state.attempt_number, error=str(error), retry_in_s=round(wait, 2)
+        )
+
+    async def _session(self) -> None:
+        """One connection. Returns when an established connection is lost, so backoff starts afresh."""
+        async with self._new_client() as client:
+            self._client = client
+            lost: BaseException | None = None
+            try:
+                await client.publish(
+                    self.topics.node_status, dumps(self._node_status("online")), qos=1, retain=True
+                )
+                await client.subscribe(self.topics.desired_filter, qos=1)
+                self.connected.set()
+                self.log.info("connected", subscribed=self.topics.desired_filter)
+                async with asyncio.TaskGroup() as loops:
+                    loops.create_task(self._receive(client), name="mqtt-receive")
+                    loops.create_task(self._publish(client), name="mqtt-publish")
+            except* aiomqtt.MqttError as group:
+                lost = group.exceptions[0]
+            finally:
+                established = self.connected.is_set()
+                self.connected.clear()
+                self._client = None
+            if not established and lost is not None:
+                raise lost  # connect-time refusal (subscribe denied, ...): retry with backoff
+            self.log.warning("connection lost", error=str(lost))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            self._on_message(message.topic.value, bytes(payload))
+        raise aiomqtt.MqttError("the message stream ended")
+
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        """The single writer of everything this node publishes: outbox rows in order, then node status."""
+        while True:
+            self._outbox.wake.clear()
+            batch = self._store.pending(PUBLISH_BATCH)
+            if batch:
+                await asyncio.gather(
+                    *(
+                        client.publish(
+                            q.message.topic,
+                            q.message.payload,
+                            qos=1,
+                            retain=q.message.retain,
+                            timeout=PUBLISH_TIMEOUT_S,
+                        )
+                        for q in batch
+                    )
+                )
+                self._store.acknowledge(batch[-1].seq)
+                continue
+            if self._outbox.node_status_dirty:
+                self._outbox.node_status_dirty = False
+                await client.publish(
+                    self.topics.node_status, dumps(self._node_status("online")), qos=1, retain=True
+                )
+                continue
+            await self._outbox.wake.wait()
+
+    async def say_offline(self, timeout: float = 2.0) -> None:
+        """On a clean shutdown: publish ``offline`` ourselves, as the will would on a crash."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.publish(
+                self.topics.node_status,
+                dumps(self._node_status("offline")),
+                qos=1,
+                retain=True,
+                timeout=timeout,
+            )
+        except aiomqtt.MqttError as exc:
+            self.log.warning("could not publish offline", error=str(exc))
+
+
+def client_settings(
+    *,
+    host: str,
+    port: int,
+    client_id: str,
+    keepalive_s: int,
+    username: str | None,
+    password: str | None,
+    tls_context: ssl.SSLContext | None,
+) -> dict[str, Any]:
+    return {
+        "hostname": host,
+        "port": port,
+        "identifier": client_id,
+        "keepalive": keepalive_s,
+        "username": username,
+        "password": password,
+        "tls_context": tls_context,
+        "protocol": aiomqtt.ProtocolVersion.V311,
+        "timeout": PUBLISH_TIMEOUT_S,
+    }

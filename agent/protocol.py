@@ -1,0 +1,298 @@
+"""The wire contract (../shared/PROTOCOL.md, docs/protocol.md) as pydantic models, topics and time format.
+
+Pure data: parsing bytes into models and rendering documents back to JSON. Nothing here touches the
+network, the store or the clock, so the lifecycle core may use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from agent.names import id_problem
+
+DEFAULT_TOPIC_PREFIX = "reconcile/v1"
+
+DesiredStateType = Literal["pending", "running", "stopped"]
+ObservedStateType = Literal[
+    "pending",
+    "starting",
+    "validating",
+    "running",
+    "degraded",
+    "completed",
+    "failed",
+    "lost",
+    "stopping",
+    "stopped",
+]
+OBSERVED_STATES: tuple[ObservedStateType, ...] = (
+    "pending",
+    "starting",
+    "validating",
+    "running",
+    "degraded",
+    "completed",
+    "failed",
+    "lost",
+    "stopping",
+    "stopped",
+)
+
+
+def _check_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} {problem}")
+    return value
+
+
+Id = Annotated[StrictStr, AfterValidator(_check_id)]
+# JSON numbers: an int is a fine float, a bool or a string is not.
+Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0)]
+PositiveSeconds = Annotated[StrictFloat | StrictInt, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DesiredState(_Strict):
+    state_type: DesiredStateType
+    message: StrictStr = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RestartPolicy(_Strict):
+    policy: Literal["never", "on-failure", "always"] = "on-failure"
+    max_restarts: Annotated[StrictInt, Field(ge=0)] = 3
+    backoff_s: Seconds = 1.0
+    backoff_max_s: Seconds = 60.0
+
+
+class Validation(_Strict):
+    window_s: Seconds = 10.0
+    deadline_s: PositiveSeconds = 300.0
+
+
+class ExecProbe(_Strict):
+    command: Annotated[list[StrictStr], Field(min_length=1)]
+
+
+class HttpProbe(_Strict):
+    url: StrictStr
+
+
+class TcpProbe(_Strict):
+    host: StrictStr = "127.0.0.1"
+    port: Annotated[StrictInt, Field(ge=1, le=65535)]
+
+
+class Probe(_Strict):
+    exec: ExecProbe | None = None
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    period_s: PositiveSeconds = 2.0
+    timeout_s: PositiveSeconds = 1.0
+    failure_threshold: Annotated[StrictInt, Field(ge=1)] = 3
+
+
+class StopSpec(_Strict):
+    signal: Literal["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2"] = "SIGTERM"
+    grace_s: Seconds = 10.0
+
+
+class Spec(_Strict):
+    engine: Literal["process"] = "process"
+    command: Annotated[list[StrictStr], Field(min_length=1)]
+    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    working_dir: StrictStr | None = None
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    validation: Validation = Field(default_factory=Validation)
+    probe: Probe | None = None
+    stop: StopSpec = Field(default_factory=StopSpec)
+    update_strategy: Literal["stop_first", "start_first"] = "stop_first"
+    timeout_s: PositiveSeconds | None = None
+
+
+class DesiredDocument(_Strict):
+    execution_id: Id
+    job_id: Id | None = None
+    generation: Annotated[StrictInt, Field(ge=1)]
+    desired_state: DesiredState
+    previous_execution_id: Id | None = None
+    spec: Spec | None = None
+
+    @property
+    def job(self) -> str:
+        return self.job_id or self.execution_id
+
+
+class RunOutput(_Strict):
+    stdout: str = ""
+    stdout_truncated: StrictBool = False
+    stderr: str = ""
+    stderr_truncated: StrictBool = False
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class ObservedState(_Strict):
+    state_type: ObservedStateType
+    message: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- Parsing desired documents -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A desired document that passed every check that needs no stored state."""
+
+    document: DesiredDocument
+    digest: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A desired payload that cannot be accepted; ``generation`` is None when it could not be read."""
+
+    generation: int | None
+    reason: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """An empty retained payload: the orchestrator deletes the execution."""
+
+
+Parsed = Accepted | Rejected | Deleted
+
+
+def payload_digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def parse_desired(execution_id: str, payload: bytes, max_bytes: int) -> Parsed:
+    """Turn one payload from ``.../executions/<execution_id>/desired`` into what the core acts on.
+
+    Never raises: every way a payload can be wrong becomes a :class:`Rejected` with a reason that names
+    the field, because the agent must not die on input.
+    """
+    if not payload:
+        return Deleted()
+    digest = payload_digest(payload)
+    if len(payload) > max_bytes:
+        return Rejected(None, f"payload is {len(payload)} bytes, over the limit of {max_bytes}", digest)
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Rejected(None, f"payload is not JSON: {exc}", digest)
+    if not isinstance(raw, dict):
+        return Rejected(None, f"payload is JSON {type(raw).__name__}, not an object", digest)
+    generation = raw.get("generation")
+    readable_generation = generation if type(generation) is int and generation >= 1 else None
+    try:
+        document = DesiredDocument.model_validate(raw)
+    except ValidationError as exc:
+        return Rejected(readable_generation, describe_validation_error(exc), digest)
+    if document.execution_id != execution_id:
+        return Rejected(
+            document.generation,
+            f"execution_id {document.execution_id!r} does not match the topic's {execution_id!r}",
+            digest,
+        )
+    if document.desired_state.state_type != "stopped" and document.spec is None:
+        return Rejected(
+            document.generation,
+            f"spec: required when desired_state.state_type is {document.desired_state.state_type!r}",
+            digest,
+        )
+    if document.spec is not None and document.spec.probe is not None:
+        kinds = [k for k in ("exec", "http", "tcp") if getattr(document.spec.probe, k) is not None]
+        if len(kinds) != 1:
+            return Rejected(
+                document.generation,
+                "spec.probe: exactly one of exec, http, tcp is required"
+                + (f" (got {', '.join(kinds)})" if kinds else ""),
+                digest,
+            )
+    return Accepted(document, digest)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the dotted path of the field, e.g. ``spec.command: ...``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in error["loc"]) or "(document)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{path}: unknown field")
+        else:
+            problems.append(f"{path}: {error['msg']}")
+    return "; ".join(problems)
+
+
+# --- Topics ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    node_id: str
+
+    @property
+    def desired_filter(self) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/executions/+/desired"
+
+    @property
+    def node_status(self) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/status"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/events"
+
+    def status(self, execution_id: str) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/executions/{execution_id}/status"
+
+    def desired(self, execution_id: str) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/executions/{execution_id}/desired"
+
+    def execution_of_desired(self, topic: str) -> str | None:
+        """The execution segment of a desired topic of this node, or None if the topic is not one."""
+        head = f"{self.prefix}/nodes/{self.node_id}/executions/"
+        if not (topic.startswith(head) and topic.endswith("/desired")):
+            return None
+        segment = topic[len(head) : -len("/desired")]
+        return None if "/" in segment else segment
+
+
+# --- Time and JSON --------------------------------------------------------------------------------------
+
+
+def rfc3339(epoch_s: float | None) -> str | None:
+    """RFC 3339 in UTC with microseconds and a Z, or None for a time that is not set."""
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), sort_keys=False).encode()

@@ -1,0 +1,228 @@
+"""The runtime: applies lifecycle decisions. One consumer of one event queue, so one writer per execution.
+
+For every event it loads the execution, asks :func:`agent.core.lifecycle.decide`, commits the new state
+with its outbox messages in one transaction, wakes the publisher, then carries out the side effects
+(spawn, signal, timers). Effects report back as new events on the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn
+from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, TimerFired
+from agent.core.lifecycle import decide
+from agent.core.model import Absent, Execution, ProcessRef
+from agent.core.status import event_document
+from agent.executors.process import ProcessExecutor, SpawnError
+from agent.protocol import OBSERVED_STATES, Topics, dumps
+from agent.store import Message, Store, StoreError
+
+log = structlog.get_logger("agent.runtime")
+STORE_RETRY_S = 1.0
+
+
+class Clock:
+    """Wall-clock time read from the event loop's monotonic clock, anchored once.
+
+    The core only sees ``now()``; timers run on ``loop.call_at``. Tests that drive the loop's clock
+    drive both, so timers, backoff and windows can be tested fast.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._anchor = time.time() - loop.time()
+
+    def now(self) -> float:
+        return self._anchor + self._loop.time()
+
+    def loop_time(self, wall: float) -> float:
+        return wall - self._anchor
+
+
+@dataclass
+class Outbox:
+    """The wake-up side of the outbox: a flag the publisher waits on, set once however many changes."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    node_status_dirty: bool = True
+
+    def changed(self, node_status: bool = False) -> None:
+        self.node_status_dirty = self.node_status_dirty or node_status
+        self.wake.set()
+
+
+class Runtime:
+    def __init__(self, store: Store, executor: ProcessExecutor, topics: Topics, outbox: Outbox) -> None:
+        self.store = store
+        self.executor = executor
+        self.topics = topics
+        self.outbox = outbox
+        self.executions: dict[str, Execution] = store.load()
+        self._queue: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._clock: Clock | None = None
+        self.log = log.bind(node=topics.node_id)
+
+    @property
+    def clock(self) -> Clock:
+        assert self._clock is not None, "the runtime is not running"
+        return self._clock
+
+    def submit(self, execution_id: str, event: Event) -> None:
+        """Queue an event; safe from any callback on the loop."""
+        self._queue.put_nowait((execution_id, event))
+
+    def counts(self) -> dict[str, int]:
+        counted = Counter(e.state_type for e in self.executions.values())
+        return {state: counted[state] for state in OBSERVED_STATES if counted[state]}
+
+    def node_event(self, event_type: str, **fields: Any) -> None:
+        """Queue an event that belongs to the node, not to one execution."""
+        doc = event_document(event_type, self.topics.node_id, None, self.clock.now(), **fields)
+        self.store.queue([Message(self.topics.events, dumps(doc), retain=False)])
+        self.outbox.changed()
+
+    async def run(self) -> None:
+        self._clock = Clock(asyncio.get_running_loop())
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            self._recover()
+            while True:
+                execution_id, event = await self._queue.get()
+                self.apply(execution_id, event)
+
+    # --- one event --------------------------------------------------------------------------------
+
+    def apply(self, execution_id: str, event: Event) -> None:
+        state: Execution | Absent | None = self.executions.get(execution_id)
+        if state is None:
+            state = Absent(
+                execution_id=execution_id,
+                node_id=self.topics.node_id,
+                revision=self.store.high_water(execution_id),
+            )
+        new, actions = decide(state, event, self.clock.now())
+        if new == state and not actions:
+            return
+        try:
+            self.store.commit(new, [m for a in actions if (m := self._message(a)) is not None])
+        except StoreError as exc:
+            # Nothing was applied: keep the event and try again, rather than act on an unrecorded decision.
+            self.log.error("cannot record a decision; retrying", execution=execution_id, error=str(exc))
+            asyncio.get_running_loop().call_later(STORE_RETRY_S, self.submit, execution_id, event)
+            return
+        before = state.state_type if isinstance(state, Execution) else None
+        after = new.state_type if isinstance(new, Execution) else None
+        if isinstance(new, Execution):
+            self.executions[execution_id] = new
+        else:
+            self.executions.pop(execution_id, None)
+        self.outbox.changed(node_status=before != after)
+        bound = self.log.bind(execution=execution_id, revision=new.revision)
+        if before != after:
+            bound.info("transition", cause=type(event).__name__, observed=after, previous=before)
+        for action in actions:
+            self._carry_out(action, bound)
+        self._schedule(execution_id, new)
+
+    def _message(self, action: Action) -> Message | None:
+        match action:
+            case PublishStatus(execution_id=eid, document=document):
+                return Message(self.topics.status(eid), dumps(document), retain=True)
+            case ClearStatus(execution_id=eid):
+                return Message(self.topics.status(eid), b"", retain=True)
+            case EmitEvent(document=document):
+                return Message(self.topics.events, dumps(document), retain=False)
+        return None
+
+    def _carry_out(self, action: Action, bound: Any) -> None:
+        match action:
+            case Spawn(execution_id=eid, attempt=attempt):
+                self._background(self._spawn(action), f"spawn:{eid}:{attempt}")
+            case Signal(ref=ref, signal=name):
+                delivered = self.executor.signal(ref, name)
+                bound.info("signal", signal=name, pid=ref.pid, delivered=delivered)
+            case Forget(execution_id=eid):
+                self.executor.remove(eid)
+                bound.info("forgotten")
+
+    def _schedule(self, execution_id: str, state: Execution | Absent) -> None:
+        """Keep one loop timer per execution, for its earliest deadline."""
+        handle = self._timers.pop(execution_id, None)
+        if handle is not None:
+            handle.cancel()
+        if not isinstance(state, Execution) or state.next_timer is None:
+            return
+        name, deadline = state.next_timer
+        loop = asyncio.get_running_loop()
+        self._timers[execution_id] = loop.call_at(
+            self.clock.loop_time(deadline), self.submit, execution_id, TimerFired(name)
+        )
+
+    # --- effects that report back ---------------------------------------------------------------
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tasks is not None
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                # One workload's trouble must not take the agent, and every other workload, down with it.
+                self.log.exception("background task failed", task=name)
+
+        self._tasks.create_task(guarded(), name=name)
+
+    async def _spawn(self, spawn: Spawn) -> None:
+        try:
+            ref = await self.executor.spawn(spawn.execution_id, spawn.attempt, spawn.spec)
+        except SpawnError as exc:
+            self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, str(exc)))
+            return
+        self.submit(spawn.execution_id, ProcessStarted(ref))
+        await self._watch(spawn.execution_id, ref)
+
+    async def _watch(self, execution_id: str, ref: ProcessRef) -> None:
+        await self.executor.wait(ref)
+        outcome = self.executor.outcome(execution_id, ref.attempt)
+        self.submit(
+            execution_id, ProcessExited(ref.attempt, outcome.exit_code, outcome.stdout, outcome.stderr)
+        )
+
+    def _recover(self) -> None:
+        """Re-adopt what the agent had started before it stopped, and account for what ended meanwhile."""
+        for execution_id, execution in self.executions.items():
+            self._schedule(execution_id, execution)
+            ref = execution.process
+            if ref is None and execution.spawn_pending:
+                ref = self.executor.find(execution_id, execution.attempt)
+                if ref is None:
+                    self.submit(
+                        execution_id, SpawnFailed(execution.attempt, "the agent stopped while spawning")
+                    )
+                    continue
+                self.submit(execution_id, ProcessStarted(ref))
+            if ref is None:
+                continue
+            bound = self.log.bind(execution=execution_id, revision=execution.revision, pid=ref.pid)
+            bound.info("re-adopting" if self.executor.is_alive(ref) else "ended while the agent was away")
+            self._background(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
+
+
+def run_forever(name: str) -> Callable[[Any], None]:
+    """A done-callback for tasks that should never end: say so loudly if one does."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            log.error("task ended", task=name, error=repr(task.exception()))
+
+    return done

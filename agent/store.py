@@ -1,0 +1,175 @@
+"""The durable store: execution state, revision high-water marks and the outbox, in one SQLite file.
+
+SQLite in WAL mode with ``synchronous=FULL`` makes every commit durable (fsync of the WAL) before it
+returns, and a torn last write is rolled back on open, never half-applied. State, high-water mark and
+the outbox rows that publish a change are written in a single transaction, so a revision is never
+published without being stored, nor stored without being queued for publishing (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.core.model import Absent, Execution
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revisions (execution_id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The state directory cannot be used; the message names the file and what is wrong."""
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock for the life of the process: two agents on one state would fight."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{path}: another agent is already running with this state directory") from None
+    return fd
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message waiting in the outbox."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Queued:
+    seq: int
+    message: Message
+
+
+class Store:
+    """Write-through store of the runtime's state. Not thread-safe: one owner, the event loop thread."""
+
+    def __init__(self, path: Path, node_id: str) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(path.with_suffix(".lock"))
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(
+                    f"{path}: the state database is damaged ({check}); restore it or move it away"
+                )
+            self._db.executescript(SCHEMA)
+            self._claim(node_id)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the state database: {exc}") from exc
+
+    def _claim(self, node_id: str) -> None:
+        """A state directory belongs to one node: mixing two nodes' revisions would break both."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()
+        if row is None:
+            with self._transaction():
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('node_id', ?)", (node_id,))
+        elif row[0] != node_id:
+            raise StoreError(f"{self.path}: this state belongs to node {row[0]!r}, not {node_id!r}")
+
+    def close(self) -> None:
+        self._db.close()
+        os.close(self._lock)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def load(self) -> dict[str, Execution]:
+        executions = {}
+        for execution_id, text in self._db.execute("SELECT execution_id, state FROM executions"):
+            try:
+                executions[execution_id] = Execution.model_validate_json(text)
+            except ValidationError as exc:
+                raise StoreError(
+                    f"{self.path}: stored state of {execution_id!r} is unreadable: {exc}"
+                ) from exc
+        return executions
+
+    def high_water(self, execution_id: str) -> int:
+        row = self._db.execute(
+            "SELECT revision FROM revisions WHERE execution_id = ?", (execution_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def commit(self, state: Execution | Absent, messages: Iterable[Message] = ()) -> None:
+        """Store the new state of one execution and queue its messages, atomically and durably."""
+        try:
+            with self._transaction():
+                if isinstance(state, Execution):
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO executions (execution_id, state) VALUES (?, ?)",
+                        (state.execution_id, state.model_dump_json()),
+                    )
+                else:
+                    self._db.execute("DELETE FROM executions WHERE execution_id = ?", (state.execution_id,))
+                self._db.execute(
+                    "INSERT INTO revisions (execution_id, revision) VALUES (?, ?) "
+                    "ON CONFLICT (execution_id) DO UPDATE SET revision = max(revision, excluded.revision)",
+                    (state.execution_id, state.revision),
+                )
+                self.enqueue(messages)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot record {state.execution_id!r}: {exc}") from exc
+
+    def enqueue(self, messages: Iterable[Message]) -> None:
+        self._db.executemany(
+            "INSERT INTO outbox (topic, payload, retain) VALUES (?, ?, ?)",
+            ((m.topic, m.payload, int(m.retain)) for m in messages),
+        )
+
+    def queue(self, messages: Iterable[Message]) -> None:
+        """Queue messages that belong to no execution (events of the node itself)."""
+        try:
+            with self._transaction():
+                self.enqueue(messages)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot queue messages: {exc}") from exc
+
+    def pending(self, limit: int) -> list[Queued]:
+        rows = self._db.execute(
+            "SELECT seq, topic, payload, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [
+            Queued(seq, Message(topic, bytes(payload), bool(retain))) for seq, topic, payload, retain in rows
+        ]
+
+    def acknowledge(self, upto_seq: int) -> None:
+        """Forget every queued message up to and including ``upto_seq``: the broker has them."""
+        # Losing this delete in a crash only republishes exact copies, which consumers dedupe by revision.
+        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
+
+    def depth(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])

@@ -1,0 +1,28 @@
+"""Integration fixtures: a state directory whose workloads are killed after the test, whatever happened."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import kill_group
+
+
+def kill_workloads(state_dir: Path) -> None:
+    """Workloads outlive the agent by design, so a test must clean up after them itself."""
+    for pid_file in state_dir.glob("**/executions/*/pid-*"):
+        try:
+            kill_group(int(pid_file.read_text()))
+        except (OSError, ValueError):
+            continue
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state"
+    try:
+        yield path
+    finally:
+        kill_workloads(tmp_path)

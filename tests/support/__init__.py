@@ -1,0 +1,1 @@
+"""Test support: a real MQTT broker in a subprocess, an MQTT probe client and deadline-based waits."""
