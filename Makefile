@@ -1,6 +1,6 @@
 # Thin wrappers; the scripts are the source of truth (README: ./scripts/test.sh, ./scripts/run-dev.sh).
 SHELL := /bin/bash
-DIRS := agent tests bench
+DIRS := agent tests bench examples
 
 .PHONY: test run lint bench venv clean
 

@@ -75,10 +75,10 @@ step "set-up: MQTT broker for the tests"
 ensure_broker
 
 step "ruff check"
-.venv/bin/ruff check agent tests bench
+.venv/bin/ruff check agent tests bench examples
 
 step "ruff format --check"
-.venv/bin/ruff format --check agent tests bench
+.venv/bin/ruff format --check agent tests bench examples
 
 step "mypy (strict on agent/)"
 .venv/bin/mypy
