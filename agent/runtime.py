@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn
-from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, TimerFired
+from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, SpawnLost, TimerFired
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import event_document
@@ -206,9 +206,7 @@ class Runtime:
             if ref is None and execution.spawn_pending:
                 ref = self.executor.find(execution_id, execution.attempt)
                 if ref is None:
-                    self.submit(
-                        execution_id, SpawnFailed(execution.attempt, "the agent stopped while spawning")
-                    )
+                    self.submit(execution_id, SpawnLost(execution.attempt))
                     continue
                 self.submit(execution_id, ProcessStarted(ref))
             if ref is None:

@@ -38,6 +38,13 @@ class SpawnFailed:
 
 
 @dataclass(frozen=True)
+class SpawnLost:
+    """The agent stopped before a spawn reported back, and no workload of that attempt was found."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Tail:
     """The last bytes of a log stream, decoded, and whether anything before them was cut."""
 
@@ -61,7 +68,8 @@ class TimerFired:
 
 
 Event = (
-    DesiredReceived
+    SpawnLost
+    | DesiredReceived
     | DesiredRejected
     | DesiredDeleted
     | ProcessStarted

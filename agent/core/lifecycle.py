@@ -19,6 +19,7 @@ from agent.core.events import (
     ProcessExited,
     ProcessStarted,
     SpawnFailed,
+    SpawnLost,
     TimerFired,
 )
 from agent.core.model import Absent, Execution, ProcessRef
@@ -104,6 +105,12 @@ def decide(state: Execution | Absent, event: Event, now: float) -> Decision:
             if attempt == state.attempt and state.spawn_pending:
                 step.set(spawn_pending=False, run_output=RunOutput(error=error))
                 return _on_gone(step, exit_code=None, why=f"could not start: {error}")
+        case SpawnLost(attempt=attempt):
+            if attempt == state.attempt and state.spawn_pending:
+                step.set(spawn_pending=False)
+                if state.state_type == "stopping":
+                    return _on_gone(step, exit_code=None, why="never started")
+                _start(step, "spawning again: the agent stopped while spawning")  # not a restart
         case ProcessExited():
             if state.process is not None and event.attempt == state.process.attempt:
                 step.set(
