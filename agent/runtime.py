@@ -66,11 +66,27 @@ class Runtime:
         self.topics = topics
         self.outbox = outbox
         self.executions: dict[str, Execution] = store.load()
+        self._check_no_workload_forgotten()
         self._queue: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._clock: Clock | None = None
         self.log = log.bind(node=topics.node_id)
+
+    def _check_no_workload_forgotten(self) -> None:
+        """Refuse to start if a live workload is unknown to the store: the store has lost writes.
+
+        Starting anyway would silently forget a running workload (and could start it a second time).
+        """
+        for execution_id, attempt, pid_file in self.executor.running_attempts():
+            known = self.executions.get(execution_id)
+            if known is None or known.attempt < attempt:
+                raise StoreError(
+                    f"{pid_file}: this workload is running but {self.store.path} does not know it "
+                    f"(attempt {attempt} of {execution_id!r}); the state database has lost writes, for example "
+                    "a removed agent.db-wal or a restored old copy. Restore the database, or stop the workload "
+                    "and remove its directory, then start the agent again."
+                )
 
     @property
     def clock(self) -> Clock:
@@ -88,7 +104,11 @@ class Runtime:
     def node_event(self, event_type: str, **fields: Any) -> None:
         """Queue an event that belongs to the node, not to one execution."""
         doc = event_document(event_type, self.topics.node_id, None, self.clock.now(), **fields)
-        self.store.queue([Message(self.topics.events, dumps(doc), retain=False)])
+        try:
+            self.store.queue([Message(self.topics.events, dumps(doc), retain=False)])
+        except StoreError as exc:
+            self.log.error("cannot queue a node event; dropped", type=event_type, error=str(exc))
+            return
         self.outbox.changed()
 
     async def run(self) -> None:

@@ -8,6 +8,7 @@ published without being stored, nor stored without being queued for publishing (
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -68,6 +69,7 @@ class Store:
 
     def __init__(self, path: Path, node_id: str) -> None:
         self.path = path
+        self._acknowledged = 0  # outbox rows up to here are published, even if their delete failed
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(path.with_suffix(".lock"))
@@ -82,7 +84,10 @@ class Store:
             self._db.executescript(SCHEMA)
             self._claim(node_id)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: cannot open the state database: {exc}") from exc
+            raise StoreError(
+                f"{path}: cannot open the state database ({exc}). If {path.name}-wal or {path.name}-shm was "
+                "removed or damaged, restore them with the database; never start from a partial copy."
+            ) from exc
 
     def _claim(self, node_id: str) -> None:
         """A state directory belongs to one node: mixing two nodes' revisions would break both."""
@@ -160,7 +165,8 @@ class Store:
 
     def pending(self, limit: int) -> list[Queued]:
         rows = self._db.execute(
-            "SELECT seq, topic, payload, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, topic, payload, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._acknowledged, limit),
         )
         return [
             Queued(seq, Message(topic, bytes(payload), bool(retain))) for seq, topic, payload, retain in rows
@@ -168,8 +174,12 @@ class Store:
 
     def acknowledge(self, upto_seq: int) -> None:
         """Forget every queued message up to and including ``upto_seq``: the broker has them."""
-        # Losing this delete in a crash only republishes exact copies, which consumers dedupe by revision.
-        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
+        self._acknowledged = max(self._acknowledged, upto_seq)
+        # A full disk can refuse even a delete. The rows stay, skipped from memory, and are deleted with the
+        # next acknowledgement; only a crash meanwhile republishes them, as exact copies.
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (self._acknowledged,))
 
     def depth(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        query = "SELECT count(*) FROM outbox WHERE seq > ?"
+        return int(self._db.execute(query, (self._acknowledged,)).fetchone()[0])

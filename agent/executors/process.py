@@ -151,6 +151,19 @@ class ProcessExecutor:
         except psutil.Error:
             return gone
 
+    def running_attempts(self) -> list[tuple[str, int, Path]]:
+        """Every (execution, attempt, pid file) whose workload is alive on this machine right now."""
+        found = []
+        for pid_file in self.root.glob("*/pid-*"):
+            try:
+                attempt = int(pid_file.name.removeprefix("pid-"))
+            except ValueError:
+                continue
+            ref = self.find(pid_file.parent.name, attempt)
+            if ref is not None and is_same_process(ref.pid, ref.started):
+                found.append((pid_file.parent.name, attempt, pid_file))
+        return found
+
     # --- watch ------------------------------------------------------------------------------------
 
     def is_alive(self, ref: ProcessRef) -> bool:

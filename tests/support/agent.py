@@ -157,9 +157,16 @@ def kill_group(pid: int) -> None:
 class AgentProcess:
     """The agent as a separate process, started with the real CLI: ``python -m agent run --config``."""
 
-    def __init__(self, broker: Broker, workdir: Path, node_id: str = "node-1", **config: Any) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        workdir: Path,
+        node_id: str = "node-1",
+        state_dir: Path | None = None,
+        **config: Any,
+    ) -> None:
         self.workdir = workdir
-        self.state_dir = workdir / "state"
+        self.state_dir = state_dir or workdir / "state"
         self.config_path = workdir / f"{node_id}.yaml"
         document = {
             "node_id": node_id,
