@@ -177,8 +177,14 @@ class Store:
         self._acknowledged = max(self._acknowledged, upto_seq)
         # A full disk can refuse even a delete. The rows stay, skipped from memory, and are deleted with the
         # next acknowledgement; only a crash meanwhile republishes them, as exact copies.
+        # Not fsync'd (synchronous=NORMAL for this one commit): losing it only republishes exact copies, and
+        # the next FULL commit makes it durable anyway, as the WAL is written in order.
         with contextlib.suppress(sqlite3.OperationalError):
-            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (self._acknowledged,))
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("DELETE FROM outbox WHERE seq <= ?", (self._acknowledged,))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def depth(self) -> int:
         query = "SELECT count(*) FROM outbox WHERE seq > ?"

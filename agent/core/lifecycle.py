@@ -286,40 +286,56 @@ def _on_gone(step: _Step, exit_code: int | None, why: str | None) -> Decision:
             step.observe("stopped", _exit_message("stopped by request", exit_code))
         return step.done()
     if exit_code is None and why is None:
+        # Lost is published as its own revision; a policy that restarts failures then restarts it too, so a
+        # service lost while the agent was away comes back, and a batch job (policy never) stays lost.
         reason = "the workload ended while nobody recorded its exit status"
         step.emit("lost", reason=reason)
-        step.clear_timers(DEADLINE)
         step.observe("lost", reason)
+        if not _restart(step, None, reason):
+            step.clear_timers(DEADLINE)
         return step.done()
-    _restart_or_settle(step, exit_code, why or _exit_message("exited", exit_code))
+    why = why or _exit_message("exited", exit_code)
+    if not _restart(step, exit_code, why):
+        _settle(step, exit_code, why)
     return step.done()
 
 
-def _restart_or_settle(step: _Step, exit_code: int | None, why: str) -> None:
+def _wants_restart(state: Execution, exit_code: int | None) -> bool:
+    assert state.spec is not None
+    policy = state.spec.restart.policy
+    return policy == "always" or (policy == "on-failure" and exit_code != 0)
+
+
+def _restart(step: _Step, exit_code: int | None, why: str) -> bool:
+    """Schedule the next attempt if the policy, its budget and the validation deadline allow it."""
     state = step.state
     assert state.spec is not None
     policy = state.spec.restart
-    wants_restart = policy.policy == "always" or (policy.policy == "on-failure" and exit_code != 0)
     deadline = state.timers.get(DEADLINE)
     in_time = deadline is None or deadline > step.now
-    if wants_restart and state.recent_restarts < policy.max_restarts and in_time:
-        delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
-        step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
-        step.set_timer(RESTART, delay)
-        next_at = step.at(step.state.timers[RESTART])
-        step.emit(
-            "restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at
-        )
-        waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
-        step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
-        return
+    if not (_wants_restart(state, exit_code) and state.recent_restarts < policy.max_restarts and in_time):
+        return False
+    delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
+    step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
+    step.set_timer(RESTART, delay)
+    next_at = step.at(step.state.timers[RESTART])
+    step.emit("restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at)
+    waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
+    step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
+    return True
+
+
+def _settle(step: _Step, exit_code: int | None, why: str) -> None:
+    """The workload ended for good: completed, or failed with the reason."""
+    state = step.state
+    deadline = state.timers.get(DEADLINE)
     step.clear_timers(DEADLINE)
     if exit_code == 0:
         step.observe("completed", why)
-    elif not in_time and state.stable_at is None:
+    elif deadline is not None and deadline <= step.now and state.stable_at is None:
         step.observe("failed", f"validation failed: {why} and validation.deadline_s has passed")
     else:
-        step.observe("failed", f"{why}; restarts exhausted" if wants_restart else why)
+        step.observe("failed", f"{why}; restarts exhausted" if _wants_restart(state, exit_code) else why)
 
 
 def _stop(step: _Step, message: str) -> None:

@@ -1,8 +1,8 @@
 """The process executor: runs workloads beside a tiny supervisor, signals them, and learns how they ended.
 
 Contracts (each is relied on by the runtime and tested in tests/integration/test_process_executor.py):
-- ``spawn`` returns only once the workload runs in its own session and process group; it raises
-  :class:`SpawnError` (never anything else) when the workload cannot be started.
+- ``spawn`` returns the workload's pid as soon as it is forked (it enters its own session and process
+  group a moment later); it raises :class:`SpawnError` (never anything else) when it cannot start.
 - ``wait`` returns when the supervisor has gone, whether or not it is our child (after an agent restart
   it is not); the exit status, if any, is on disk by then.
 - ``signal`` is safe at any time, even for a workload that is gone or never started: it checks the
@@ -212,10 +212,16 @@ class ProcessExecutor:
         """Send ``name`` to the workload's process group; False if it is gone (or its pid was reused)."""
         if not is_same_process(ref.pid, ref.started):
             return False
+        signum = signals.Signals[name]
         try:
-            os.killpg(ref.pid, signals.Signals[name])
+            os.killpg(ref.pid, signum)
         except ProcessLookupError:
-            return False
+            # Within a millisecond of its spawn the workload may not have reached setsid yet, so its group
+            # does not exist: it has no children then, and signalling the process alone is the same.
+            try:
+                os.kill(ref.pid, signum)
+            except ProcessLookupError:
+                return False
         return True
 
     def remove(self, execution_id: str) -> None:

@@ -5,7 +5,7 @@
 #
 # usage: supervisor.sh RUN_DIR ATTEMPT COMMAND [ARG...]
 #   RUN_DIR/stdout.log, RUN_DIR/stderr.log   the workload's output, appended across attempts
-#   RUN_DIR/pid-ATTEMPT                       the workload's pid, once it runs in its own session
+#   RUN_DIR/pid-ATTEMPT                       the workload's pid
 #   RUN_DIR/exit-ATTEMPT                      its exit status (128 + n for death by signal n), written
 #                                             atomically (temp file, fsync, rename, fsync of the dir)
 # The first line on stdout is the workload's pid; then stdout is closed.
@@ -16,12 +16,15 @@ trap '' HUP INT TERM QUIT PIPE USR1 USR2
 d=$1
 n=$2
 shift 2
-# setsid gives the workload its own session and process group, so the agent can signal the whole group
-# without touching this supervisor. The pid is reported only after setsid, so a signal never misses.
-setsid /bin/sh -c 'd=$1; n=$2; shift 2; echo $$ >"$d/pid-$n"; echo $$ >&3; exec 3>&-; exec env --default-signal -- "$@"' \
-    workload "$d" "$n" "$@" 3>&1 </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
+# setsid gives the workload its own session and process group (the agent signals the whole group, never
+# this supervisor); it execs in the same process, so $! is the workload's pid from the start.
+setsid env --default-signal -- "$@" </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
 child=$!
+echo "$child"
 exec >/dev/null
+# After the pid went to the agent: creating a file costs half a millisecond, and the agent only needs this
+# one if it dies before recording the pid, which takes it longer than this.
+echo "$child" >"$d/pid-$n"
 wait "$child"
 code=$?
 printf '%s\n' "$code" >"$d/exit-$n.tmp" && sync "$d/exit-$n.tmp" && mv -f "$d/exit-$n.tmp" "$d/exit-$n" && sync "$d"
