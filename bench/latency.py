@@ -225,15 +225,7 @@ class BenchBroker(Broker):
     """
 
     def __init__(self, data_dir: Path, *, tcp_nodelay: bool) -> None:
-        super().__init__(data_dir)
-        self.tcp_nodelay = tcp_nodelay
-
-    def _write_mosquitto_conf(self) -> Path:
-        conf = super()._write_mosquitto_conf()
-        if self.tcp_nodelay:
-            with conf.open("a") as stream:
-                stream.write("set_tcp_nodelay true\n")
-        return conf
+        super().__init__(data_dir, tcp_nodelay=tcp_nodelay)
 
     def describe(self) -> str:
         if self.kind != "mosquitto":

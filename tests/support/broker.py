@@ -131,7 +131,9 @@ class Broker:
         kind: BrokerKind | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        tcp_nodelay: bool = True,
     ) -> None:
+        self.tcp_nodelay = tcp_nodelay
         self.kind: BrokerKind = kind or resolve_kind()
         self.host = host
         self._auto_port = port is None
@@ -194,6 +196,8 @@ class Broker:
         lines = [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
+            # Off, small packets wait up to 40 ms for a delayed TCP ACK (bench/README.md).
+            f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}",
             "persistence true",
             f"persistence_location {self.data_dir}/",
             f"persistence_file {MOSQUITTO_DB}",
