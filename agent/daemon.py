@@ -45,7 +45,6 @@ class Agent:
         self.log = log.bind(node=config.node_id)
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
-        self._rejected_topics: set[tuple[str, str]] = set()
 
     async def __aenter__(self) -> Agent:
         try:
@@ -93,6 +92,7 @@ class Agent:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.link.drain()
         await self.link.say_offline()
         for task in self._tasks:
             task.cancel()
@@ -117,12 +117,12 @@ class Agent:
             return
         problem = id_problem(execution_id)
         if problem is not None:
-            # No status topic can be made for a bad name: report it as a node event, once per payload.
-            key = (topic, payload_digest(payload))
-            if payload and key not in self._rejected_topics:
-                self._rejected_topics.add(key)
+            # No status topic can be made for a bad name: report it as a node event, once per payload ever
+            # (the retained payload comes back on every reconnect and after every restart).
+            if payload:
                 reason = f"execution id in topic {topic!r} {problem}"
-                self.runtime.node_event("desired_rejected", generation=None, reason=reason)
+                once = f"bad-topic\0{topic}\0{payload_digest(payload)}"
+                self.runtime.node_event("desired_rejected", once=once, generation=None, reason=reason)
                 self.log.warning("desired document rejected", topic=topic, reason=reason)
             return
         self.runtime.submit(execution_id, to_event(parse_desired(execution_id, payload, self._max_payload)))

@@ -10,6 +10,7 @@ the session is re-established with capped exponential backoff and jitter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class MqttLink:
         self._node_status = node_status
         self._on_message = on_message
         self._client: aiomqtt.Client | None = None
+        self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.connected = asyncio.Event()
         self.log = log.bind(node=topics.node_id)
 
@@ -95,6 +97,7 @@ class MqttLink:
             finally:
                 established = self.connected.is_set()
                 self.connected.clear()
+                self._outbox.idle.clear()
                 self._client = None
             if not established and lost is not None:
                 raise lost  # connect-time refusal (subscribe denied, ...): retry with backoff
@@ -112,13 +115,14 @@ class MqttLink:
             self._outbox.wake.clear()
             batch = self._store.pending(PUBLISH_BATCH)
             messages = [q.message for q in batch]
-            if self._outbox.node_status_dirty:
+            if self._outbox.node_status_dirty and not self._closing:
                 # Rides with the batch rather than after it, so it never delays the next status revision.
                 self._outbox.node_status_dirty = False
                 messages.append(
                     Message(self.topics.node_status, dumps(self._node_status("online")), retain=True)
                 )
             if not messages:
+                self._outbox.idle.set()
                 await self._outbox.wake.wait()
                 continue
             try:
@@ -134,8 +138,16 @@ class MqttLink:
             if batch:
                 self._store.acknowledge(batch[-1].seq)
 
+    async def drain(self, timeout: float = 2.0) -> None:
+        """On a clean shutdown: give what is queued a moment to go out, so it is not sent twice later."""
+        if self.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._outbox.idle.wait()
+
     async def say_offline(self, timeout: float = 2.0) -> None:
         """On a clean shutdown: publish ``offline`` ourselves, as the will would on a crash."""
+        self._closing = True
         client = self._client
         if client is None:
             return

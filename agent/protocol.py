@@ -63,9 +63,11 @@ def _check_id(value: str) -> str:
 
 
 Id = Annotated[StrictStr, AfterValidator(_check_id)]
-# JSON numbers: an int is a fine float, a bool or a string is not.
-Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0)]
-PositiveSeconds = Annotated[StrictFloat | StrictInt, Field(gt=0)]
+# JSON numbers: an int is a fine float, a bool or a string is not. Bounded and finite: an infinite or
+# 400-digit duration would overflow the timers and could not be stored back as JSON.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[StrictFloat | StrictInt, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -205,6 +207,8 @@ def parse_desired(execution_id: str, payload: bytes, max_bytes: int) -> Parsed:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Rejected(None, f"payload is not JSON: {exc}", digest)
+    except RecursionError:
+        return Rejected(None, "payload is not JSON we accept: it nests too deeply", digest)
     if not isinstance(raw, dict):
         return Rejected(None, f"payload is JSON {type(raw).__name__}, not an object", digest)
     generation = raw.get("generation")

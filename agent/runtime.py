@@ -52,10 +52,12 @@ class Outbox:
     """The wake-up side of the outbox: a flag the publisher waits on, set once however many changes."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set by the publisher: all queued is out
     node_status_dirty: bool = True
 
     def changed(self, node_status: bool = False) -> None:
         self.node_status_dirty = self.node_status_dirty or node_status
+        self.idle.clear()
         self.wake.set()
 
 
@@ -101,11 +103,15 @@ class Runtime:
         counted = Counter(e.state_type for e in self.executions.values())
         return {state: counted[state] for state in OBSERVED_STATES if counted[state]}
 
-    def node_event(self, event_type: str, **fields: Any) -> None:
-        """Queue an event that belongs to the node, not to one execution."""
+    def node_event(self, event_type: str, once: str | None = None, **fields: Any) -> None:
+        """Queue an event that belongs to the node, not to one execution; with ``once``, only ever once."""
         doc = event_document(event_type, self.topics.node_id, None, self.clock.now(), **fields)
+        messages = [Message(self.topics.events, dumps(doc), retain=False)]
         try:
-            self.store.queue([Message(self.topics.events, dumps(doc), retain=False)])
+            if once is None:
+                self.store.queue(messages)
+            elif not self.store.queue_once(once, messages):
+                return
         except StoreError as exc:
             self.log.error("cannot queue a node event; dropped", type=event_type, error=str(exc))
             return

@@ -25,6 +25,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revisions (execution_id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reported (key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -162,6 +163,18 @@ class Store:
                 self.enqueue(messages)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot queue messages: {exc}") from exc
+
+    def queue_once(self, key: str, messages: Iterable[Message]) -> bool:
+        """Queue messages unless ``key`` was queued before, ever; False if it was."""
+        try:
+            with self._transaction():
+                cursor = self._db.execute("INSERT OR IGNORE INTO reported (key) VALUES (?)", (key,))
+                if cursor.rowcount == 0:
+                    return False
+                self.enqueue(messages)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot queue messages: {exc}") from exc
+        return True
 
     def pending(self, limit: int) -> list[Queued]:
         rows = self._db.execute(

@@ -24,13 +24,14 @@ from agent.core.events import (
 )
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import event_document, status_document, status_view
-from agent.protocol import DesiredDocument, ObservedState, ObservedStateType, RunOutput, rfc3339
+from agent.protocol import DesiredDocument, ObservedState, ObservedStateType, RunOutput, Spec, rfc3339
 
 # Timer names, kept in Execution.timers as name -> deadline.
 WINDOW = "window"  # validation window: the workload has stayed up long enough to be stable
 DEADLINE = "deadline"  # validation deadline: it did not become stable in time
 GRACE = "grace"  # stop grace: time to escalate to SIGKILL
 RESTART = "restart"  # restart backoff: time for the next attempt
+TIMEOUT = "timeout"  # spec.timeout_s: the execution has run for too long, counted from its first start
 
 Decision = tuple[Execution | Absent, list[Action]]
 
@@ -160,13 +161,12 @@ def _fixed_after_start(state: Execution, document: DesiredDocument) -> str | Non
     """Why ``document`` may not replace the desired state of an execution that has started, or None."""
     if not state.started_once:
         return None
-    new_spec = document.spec if document.spec is not None else state.spec
     changed = [
         name
         for name, old, new in (
-            ("spec", state.spec, new_spec),
-            ("job_id", state.job_id, document.job),
-            ("previous_execution_id", state.previous_execution_id, document.previous_execution_id),
+            ("spec", state.spec, _spec_of(state, document)),
+            ("job_id", state.job_id, _job_of(state, document)),
+            ("previous_execution_id", state.previous_execution_id, _previous_of(state, document)),
         )
         if old != new
     ]
@@ -180,6 +180,22 @@ def _fixed_after_start(state: Execution, document: DesiredDocument) -> str | Non
     return None
 
 
+# Once started, a later generation may leave out (or null) what cannot change anyway, as a short `stopped`
+# document does: left out means kept. Before the first start a new generation replaces everything.
+def _spec_of(state: Execution, document: DesiredDocument) -> Spec | None:
+    return document.spec if document.spec is not None else state.spec
+
+
+def _job_of(state: Execution, document: DesiredDocument) -> str:
+    return document.job if document.job_id is not None or not state.started_once else state.job_id
+
+
+def _previous_of(state: Execution, document: DesiredDocument) -> str | None:
+    if document.previous_execution_id is not None or not state.started_once:
+        return document.previous_execution_id
+    return state.previous_execution_id
+
+
 def _on_desired(step: _Step, document: DesiredDocument, digest: str) -> None:
     state = step.state
     if document.generation <= state.generation:
@@ -191,21 +207,22 @@ def _on_desired(step: _Step, document: DesiredDocument, digest: str) -> None:
     step.set(
         generation=document.generation,
         desired=document.desired_state,
-        spec=document.spec if document.spec is not None else state.spec,
-        job_id=document.job,
-        previous_execution_id=document.previous_execution_id,
+        spec=_spec_of(state, document),
+        job_id=_job_of(state, document),
+        previous_execution_id=_previous_of(state, document),
         details={k: v for k, v in state.details.items() if k != "rejected"},
         rejected_digest=None,
         deleting=False,
     )
     if state.generation == 0 and state.state_type == "failed":
         step.set(observed=ObservedState(state_type="pending"))  # it was only ever a rejection
-    if step.state.state_type == "pending":
-        step.publish()  # a new execution is seen pending, with what is wanted of it, before it starts
     desired = document.desired_state
     if desired.state_type == "pending":
         step.observe("pending", desired.message)
-    elif desired.state_type == "stopped":
+        return
+    if step.state.state_type == "pending":
+        step.publish()  # a new execution is seen pending, with what is wanted of it, before it starts
+    if desired.state_type == "stopped":
         _stop(step, "stopped by request")
     # Terminal results are kept: only a pending or stopped execution is (re)started by a new generation.
     elif step.state.state_type in ("pending", "stopped") and not step.state.active:
@@ -239,7 +256,8 @@ def _start(step: _Step, message: str = "spawning") -> None:
     """Ask for a new attempt. A once-stable execution waits in degraded, never in starting."""
     state = step.state
     assert state.spec is not None, "a running desired state always has a spec"
-    step.set(attempt=state.attempt + 1, spawn_pending=True)
+    # The spec is fixed from the first spawn asked for, so every attempt of an execution runs the same spec.
+    step.set(attempt=state.attempt + 1, spawn_pending=True, started_once=True)
     step.clear_timers(RESTART)
     step.observe("degraded" if state.stable_at is not None else "starting", message)
     step.actions.append(Spawn(state.execution_id, step.state.attempt, state.spec))
@@ -258,6 +276,8 @@ def _on_started(step: _Step, ref: ProcessRef) -> None:
     if state.state_type == "stopping":  # stop or deletion was asked while it was being spawned
         _signal_stop(step, state.observed.message)
         return
+    if state.spec.timeout_s is not None and TIMEOUT not in state.timers:
+        step.set_timer(TIMEOUT, state.spec.timeout_s)  # restarts keep it: it counts from the run's start
     validation = state.spec.validation
     if DEADLINE not in state.timers and state.stable_at is None:
         step.set_timer(DEADLINE, validation.deadline_s)  # restarts restart the window, not the deadline
@@ -292,7 +312,7 @@ def _on_gone(step: _Step, exit_code: int | None, why: str | None) -> Decision:
         step.emit("lost", reason=reason)
         step.observe("lost", reason)
         if not _restart(step, None, reason):
-            step.clear_timers(DEADLINE)
+            step.clear_timers(DEADLINE, TIMEOUT)
         return step.done()
     why = why or _exit_message("exited", exit_code)
     if not _restart(step, exit_code, why):
@@ -329,7 +349,7 @@ def _settle(step: _Step, exit_code: int | None, why: str) -> None:
     """The workload ended for good: completed, or failed with the reason."""
     state = step.state
     deadline = state.timers.get(DEADLINE)
-    step.clear_timers(DEADLINE)
+    step.clear_timers(DEADLINE, TIMEOUT)
     if exit_code == 0:
         step.observe("completed", why)
     elif deadline is not None and deadline <= step.now and state.stable_at is None:
@@ -340,7 +360,7 @@ def _settle(step: _Step, exit_code: int | None, why: str) -> None:
 
 def _stop(step: _Step, message: str) -> None:
     state = step.state
-    step.clear_timers(RESTART, WINDOW, DEADLINE)
+    step.clear_timers(RESTART, WINDOW, DEADLINE, TIMEOUT)
     if state.process is not None:
         if state.state_type != "stopping":
             _signal_stop(step, message)
@@ -355,6 +375,7 @@ def _signal_stop(step: _Step, message: str) -> None:
     assert state.process is not None
     assert state.spec is not None
     step.actions.append(Signal(state.execution_id, state.process, state.spec.stop.signal))
+    step.clear_timers(WINDOW, RESTART)  # a stopping workload can no longer become stable
     step.set_timer(GRACE, state.spec.stop.grace_s)
     step.observe("stopping", message)
 
@@ -364,7 +385,7 @@ def _signal_stop(step: _Step, message: str) -> None:
 
 def _on_timer(step: _Step, name: str) -> None:
     state = step.state
-    if name == WINDOW and state.process is not None:
+    if name == WINDOW and state.process is not None and state.state_type in ("validating", "degraded"):
         step.clear_timers(DEADLINE)
         step.set(stable_at=state.stable_at if state.stable_at is not None else step.now, recent_restarts=0)
         step.observe("running", "stable")
@@ -373,13 +394,23 @@ def _on_timer(step: _Step, name: str) -> None:
     elif name == RESTART and not state.active:
         _start(step, "restarting")
     elif name == DEADLINE and state.stable_at is None:
-        reason = "validation failed: not stable before validation.deadline_s passed"
-        if state.process is not None:
-            step.set(stop_outcome=reason)
-            _signal_stop(step, reason)
-        else:
-            step.clear_timers(RESTART)
-            step.observe("failed", reason)
+        _fail_on_own(step, "validation failed: not stable before validation.deadline_s passed")
+    elif name == TIMEOUT:
+        _fail_on_own(step, "timed out: ran longer than timeout_s")
+
+
+def _fail_on_own(step: _Step, reason: str) -> None:
+    """The agent ends the execution itself (deadline, timeout): stop whatever runs, then land in failed."""
+    state = step.state
+    step.clear_timers(RESTART, DEADLINE, TIMEOUT)
+    if state.process is not None:
+        step.set(stop_outcome=reason)
+        _signal_stop(step, reason)
+    elif state.spawn_pending:
+        step.set(stop_outcome=reason)
+        step.observe("stopping", reason)  # the spawn reports back; _on_started stops it then
+    else:
+        step.observe("failed", reason)
 
 
 def _exit_message(prefix: str, exit_code: int | None) -> str:

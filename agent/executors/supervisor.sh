@@ -10,9 +10,6 @@
 #                                             atomically (temp file, fsync, rename, fsync of the dir)
 # The first line on stdout is the workload's pid; then stdout is closed.
 
-# Stray signals must not kill the supervisor (it would take the exit status with it). The workload
-# gets default dispositions back through `env --default-signal`.
-trap '' HUP INT TERM QUIT PIPE USR1 USR2
 d=$1
 n=$2
 shift 2
@@ -20,6 +17,10 @@ shift 2
 # this supervisor); it execs in the same process, so $! is the workload's pid from the start.
 setsid env --default-signal -- "$@" </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
 child=$!
+# Stray signals must not kill the supervisor (it would take the exit status with it). Set only after the
+# fork, so the workload never starts with TERM ignored; `env --default-signal` also restores the INT and
+# QUIT that sh ignores for a background job.
+trap '' HUP INT TERM QUIT PIPE USR1 USR2
 echo "$child"
 exec >/dev/null
 # After the pid went to the agent: creating a file costs half a millisecond, and the agent only needs this
