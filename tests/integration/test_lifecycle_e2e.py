@@ -255,3 +255,50 @@ async def test_statuses_made_while_the_broker_is_down_are_published_in_order_whe
         await wait_until(lambda: agent.store.depth() == 0, timeout=10, what="outbox drained")
     assert final["run_output"]["exit_code"] == 7
     assert final["revision"] == 5
+
+
+async def test_a_restart_resumes_exactly_where_the_agent_was(
+    broker: Broker, watching: Probe, state_dir: Path
+) -> None:
+    """Nothing completed runs again, nothing stopped starts again, restart counts and backoff continue."""
+    config = config_for(broker, state_dir)
+    crash = {"restart": {"policy": "on-failure", "max_restarts": 5, "backoff_s": 3.0, "backoff_max_s": 3.0}}
+    done, halted, looping = (StatusLog(watching, NODE, e) for e in ("done", "halted", "looping"))
+    async with running_agent(config):
+        await watching.publish(desired_topic(NODE, "done"), desired("done", command=["true"]), retain=True)
+        await watching.publish(
+            desired_topic(NODE, "halted"), desired("halted", command=sleeper()), retain=True
+        )
+        await watching.publish(
+            desired_topic(NODE, "looping"),
+            desired("looping", command=["sh", "-c", "exit 9"], **crash),
+            retain=True,
+        )
+        await done.wait_state("completed")
+        await halted.wait_state("running")
+        await watching.publish(
+            desired_topic(NODE, "halted"), desired("halted", 2, "stopped", sleeper()), retain=True
+        )
+        await halted.wait_state("stopped")
+        waiting = await looping.wait(lambda d: d["restart_count"] == 1, what="looping waits to restart")
+    before = {log.topic: log.revisions()[-1] for log in (done, halted, looping)}
+    mark = watching.mark()
+    async with running_agent(config) as agent:
+        # The retained desired documents come back on the new session; a fence orders what follows.
+        await watching.publish(desired_topic(NODE, "fence"), desired("fence", 1, "pending", sleeper()))
+        await StatusLog(watching, NODE, "fence").wait_state("pending")
+        assert agent.runtime.executions["done"].attempt == 1
+        assert agent.runtime.executions["halted"].attempt == 1
+        restarted = await looping.wait(lambda d: d["restart_count"] == 2, what="the second restart")
+    assert done.revisions()[-1] == before[done.topic]
+    assert halted.revisions()[-1] == before[halted.topic]
+    assert not [m for m in watching.messages[mark:] if m.topic in (done.topic, halted.topic)]
+    # The backoff went on from where it was: the next attempt came no earlier than announced.
+    next_at = waiting["observed_state"]["details"]["next_restart_at"]
+    second_start = next(
+        d
+        for d in looping.documents()
+        if d["restart_count"] == 1 and d["observed_state"]["state_type"] == "validating"
+    )
+    assert second_start["updated_at"] >= next_at
+    assert restarted["revision"] > before[looping.topic]
