@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 import aiomqtt
 
@@ -60,8 +61,10 @@ def main() -> None:
     d.add_argument("--generation", type=int, default=1)
     d.add_argument("--state", choices=["pending", "running", "stopped"], default="running")
     d.add_argument("--window", type=float, default=3.0, help="validation.window_s")
-    d.add_argument("command", nargs="*", help="the workload's argv, after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1 :]  # the workload's argv, after --
     try:
         if args.verb == "sub":
             asyncio.run(subscribe(args))
