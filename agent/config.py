@@ -99,6 +99,20 @@ class LimitsConfig(BaseModel):
     max_payload_bytes: int = Field(default=262144, ge=1024)
 
 
+class MetricsConfig(BaseModel):
+    model_config = _STRICT
+
+    # host:port for the Prometheus endpoint (/metrics) and /healthz; None keeps it off.
+    address: str | None = None
+
+
+class WorkloadLogsConfig(BaseModel):
+    model_config = _STRICT
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)  # rotate a workload's stdout/stderr past this
+    keep: int = Field(default=3, ge=0, le=100)  # rotated files kept per stream
+
+
 class LogConfig(BaseModel):
     model_config = _STRICT
 
@@ -144,6 +158,8 @@ class AgentConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    workload_logs: WorkloadLogsConfig = Field(default_factory=WorkloadLogsConfig)
 
     @classmethod
     def settings_customise_sources(

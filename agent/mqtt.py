@@ -50,6 +50,8 @@ class MqttLink:
         self._node_status = node_status
         self._on_message = on_message
         self._client: aiomqtt.Client | None = None
+        # Called with what was just acknowledged by the broker (metrics); must be quick and not raise.
+        self.on_published: list[Callable[[list[Message]], None]] = []
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.connected = asyncio.Event()
         self.log = log.bind(node=topics.node_id)
@@ -137,6 +139,8 @@ class MqttLink:
                 raise
             if batch:
                 self._store.acknowledge(batch[-1].seq)
+            for observer in self.on_published:
+                observer(messages)
 
     async def drain(self, timeout: float = 2.0) -> None:
         """On a clean shutdown: give what is queued a moment to go out, so it is not sent twice later."""

@@ -61,6 +61,18 @@ class Outbox:
         self.wake.set()
 
 
+@dataclass(frozen=True)
+class Decided:
+    """One committed decision, as observers (metrics) see it."""
+
+    execution_id: str
+    event: Event
+    before: Execution | Absent
+    after: Execution | Absent
+    actions: list[Action]
+    at: float  # the runtime clock's wall time of the decision
+
+
 class Runtime:
     def __init__(self, store: Store, executor: ProcessExecutor, topics: Topics, outbox: Outbox) -> None:
         self.store = store
@@ -74,6 +86,8 @@ class Runtime:
         self._tasks: asyncio.TaskGroup | None = None
         self._clock: Clock | None = None
         self.log = log.bind(node=topics.node_id)
+        # Called after every committed decision; an observer must be quick and must not raise.
+        self.observers: list[Callable[[Decided], None]] = []
 
     def _check_no_workload_forgotten(self) -> None:
         """Refuse to start if a live workload is unknown to the store: the store has lost writes.
@@ -153,6 +167,9 @@ class Runtime:
         else:
             self.executions.pop(execution_id, None)
         self.outbox.changed(node_status=before != after)
+        decided = Decided(execution_id, event, state, new, actions, self.clock.now())
+        for observer in self.observers:
+            observer(decided)
         bound = self.log.bind(execution=execution_id, revision=new.revision)
         if before != after:
             bound.info("transition", cause=type(event).__name__, observed=after, previous=before)
