@@ -13,6 +13,7 @@ import contextlib
 import signal
 import ssl
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,12 +24,15 @@ from agent import __version__
 from agent.broker import BrokerStartError, embedded_broker
 from agent.config import AgentConfig, ConfigError
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
+from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
+from agent.metrics import Metrics
 from agent.mqtt import MqttLink, client_settings
 from agent.names import id_problem
 from agent.protocol import Accepted, Deleted, Topics, parse_desired, payload_digest, rfc3339
 from agent.runtime import Outbox, Runtime, run_forever
 from agent.store import Store, StoreError
+from agent.systemd import SystemdNotifier
 
 log = structlog.get_logger("agent.daemon")
 
@@ -78,8 +82,24 @@ class Agent:
             node_status=self.node_status,
             on_message=self.on_message,
         )
+        self.metrics = Metrics(self)
+        self.runtime.observers.append(self.metrics.observe_decision)
+        self.link.on_published.append(self.metrics.observe_published)
+        self.notifier = SystemdNotifier.from_environment()
+        loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("runtime", self.runtime.run()),
+            ("mqtt", self.link.run()),
+            (
+                "workload-logs",
+                rotate_forever(self.runtime.executor.root, **config.workload_logs.model_dump()),
+            ),
+        ]
+        if config.metrics.address is not None:
+            loops.append(("metrics", self.metrics.serve(config.metrics.address)))
+        if self.notifier is not None:
+            loops.append(("watchdog", self.notifier.watchdog_forever()))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        for name, coro in (("runtime", self.runtime.run()), ("mqtt", self.link.run())):
+        for name, coro in loops:
             task = tasks.create_task(coro, name=name)
             task.add_done_callback(run_forever(name))
             self._tasks.append(task)
@@ -88,10 +108,15 @@ class Agent:
             "agent_started", agent_version=__version__, started_at=rfc3339(self.started_at)
         )
         self.log.info("agent started", version=__version__, state_dir=str(config.state_dir))
+        if self.notifier is not None:
+            await self.link.first_attempt.wait()
+            self.notifier.ready()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
         await self.link.drain()
         await self.link.say_offline()
         for task in self._tasks:

@@ -54,6 +54,7 @@ class MqttLink:
         self.on_published: list[Callable[[list[Message]], None]] = []
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.connected = asyncio.Event()
+        self.first_attempt = asyncio.Event()  # the first connection attempt has been made (either way)
         self.log = log.bind(node=topics.node_id)
 
     def _new_client(self) -> aiomqtt.Client:
@@ -73,6 +74,7 @@ class MqttLink:
                     await self._session()
 
     def _log_retry(self, state: RetryCallState) -> None:
+        self.first_attempt.set()
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         self.log.warning(
@@ -90,6 +92,7 @@ class MqttLink:
                 )
                 await client.subscribe(self.topics.desired_filter, qos=1)
                 self.connected.set()
+                self.first_attempt.set()
                 self.log.info("connected", subscribed=self.topics.desired_filter)
                 async with asyncio.TaskGroup() as loops:
                     loops.create_task(self._receive(client), name="mqtt-receive")
