@@ -16,12 +16,14 @@ from typing import Any
 
 import structlog
 
-from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn
+from agent import mailbox
+from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn, Tell
 from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, SpawnLost, TimerFired
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
+from agent.probes import Prober
 from agent.protocol import OBSERVED_STATES, Topics, dumps
 from agent.store import Message, Store, StoreError
 
@@ -81,13 +83,14 @@ class Runtime:
         self.outbox = outbox
         self.executions: dict[str, Execution] = store.load()
         self._check_no_workload_forgotten()
-        self._queue: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._clock: Clock | None = None
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
         self.observers: list[Callable[[Decided], None]] = []
+        self.prober = Prober(self.submit, self._background)
 
     def _check_no_workload_forgotten(self) -> None:
         """Refuse to start if a live workload is unknown to the store: the store has lost writes.
@@ -109,9 +112,9 @@ class Runtime:
         assert self._clock is not None, "the runtime is not running"
         return self._clock
 
-    def submit(self, execution_id: str, event: Event) -> None:
-        """Queue an event; safe from any callback on the loop."""
-        self._queue.put_nowait((execution_id, event))
+    def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
+        """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
+        self._queue.put_nowait((execution_id, event, mail_seq))
 
     def counts(self) -> dict[str, int]:
         counted = Counter(e.state_type for e in self.executions.values())
@@ -133,16 +136,19 @@ class Runtime:
 
     async def run(self) -> None:
         self._clock = Clock(asyncio.get_running_loop())
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            self._recover()
-            while True:
-                execution_id, event = await self._queue.get()
-                self.apply(execution_id, event)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                self._recover()
+                while True:
+                    execution_id, event, mail_seq = await self._queue.get()
+                    self.apply(execution_id, event, mail_seq)
+        finally:
+            await self.prober.close()
 
     # --- one event --------------------------------------------------------------------------------
 
-    def apply(self, execution_id: str, event: Event) -> None:
+    def apply(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         state: Execution | Absent | None = self.executions.get(execution_id)
         if state is None:
             state = Absent(
@@ -151,15 +157,26 @@ class Runtime:
                 revision=self.store.high_water(execution_id),
             )
         new, actions = decide(state, event, self.clock.now())
-        if new == state and not actions:
-            return
+        tells = [a for a in actions if isinstance(a, Tell)]
         try:
-            self.store.commit(new, [m for a in actions if (m := self._message(a)) is not None])
+            if new == state and not actions:
+                if mail_seq is not None:
+                    self.store.consume(mail_seq)
+                return
+            sent = self.store.commit(
+                new,
+                [m for a in actions if (m := self._message(a)) is not None],
+                [(t.execution_id, mailbox.encode(t.event)) for t in tells],
+                consumed=mail_seq,
+            )
         except StoreError as exc:
             # Nothing was applied: keep the event and try again, rather than act on an unrecorded decision.
             self.log.error("cannot record a decision; retrying", execution=execution_id, error=str(exc))
-            asyncio.get_running_loop().call_later(STORE_RETRY_S, self.submit, execution_id, event)
+            loop = asyncio.get_running_loop()
+            loop.call_later(STORE_RETRY_S, self.submit, execution_id, event, mail_seq)
             return
+        for tell, seq in zip(tells, sent, strict=True):
+            self.submit(tell.execution_id, tell.event, seq)
         before = state.state_type if isinstance(state, Execution) else None
         after = new.state_type if isinstance(new, Execution) else None
         if isinstance(new, Execution):
@@ -176,6 +193,7 @@ class Runtime:
         for action in actions:
             self._carry_out(action, bound)
         self._schedule(execution_id, new)
+        self.prober.sync(new)
 
     def _message(self, action: Action) -> Message | None:
         match action:
@@ -213,7 +231,7 @@ class Runtime:
 
     # --- effects that report back ---------------------------------------------------------------
 
-    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         assert self._tasks is not None
 
         async def guarded() -> None:
@@ -223,7 +241,7 @@ class Runtime:
                 # One workload's trouble must not take the agent, and every other workload, down with it.
                 self.log.exception("background task failed", task=name)
 
-        self._tasks.create_task(guarded(), name=name)
+        return self._tasks.create_task(guarded(), name=name)
 
     async def _spawn(self, spawn: Spawn) -> None:
         try:
@@ -243,7 +261,10 @@ class Runtime:
 
     def _recover(self) -> None:
         """Re-adopt what the agent had started before it stopped, and account for what ended meanwhile."""
+        for seq, recipient, text in self.store.mail():  # decided before the stop, not yet acted on
+            self.submit(recipient, mailbox.decode(text), seq)
         for execution_id, execution in self.executions.items():
+            self.prober.sync(execution)
             self._schedule(execution_id, execution)
             ref = execution.process
             if ref is None and execution.spawn_pending:

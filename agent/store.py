@@ -26,6 +26,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revisions (execution_id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reported (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS mail (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    execution_id TEXT NOT NULL,
+    event TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -130,10 +135,32 @@ class Store:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def commit(self, state: Execution | Absent, messages: Iterable[Message] = ()) -> None:
-        """Store the new state of one execution and queue its messages, atomically and durably."""
+    def commit(
+        self,
+        state: Execution | Absent,
+        messages: Iterable[Message] = (),
+        mail: Iterable[tuple[str, str]] = (),
+        consumed: int | None = None,
+    ) -> list[int]:
+        """Store the new state of one execution and queue its messages, atomically and durably.
+
+        ``mail`` is (recipient, encoded event) for other executions, returned as their sequence numbers;
+        ``consumed`` is the mail this decision answered, deleted in the same transaction, so a message
+        between executions is acted on exactly once whatever crashes.
+        """
         try:
             with self._transaction():
+                if consumed is not None:
+                    self._db.execute("DELETE FROM mail WHERE seq = ?", (consumed,))
+                sent = [
+                    int(
+                        self._db.execute(
+                            "INSERT INTO mail (execution_id, event) VALUES (?, ?)", (recipient, event)
+                        ).lastrowid
+                        or 0
+                    )
+                    for recipient, event in mail
+                ]
                 if isinstance(state, Execution):
                     self._db.execute(
                         "INSERT OR REPLACE INTO executions (execution_id, state) VALUES (?, ?)",
@@ -149,6 +176,20 @@ class Store:
                 self.enqueue(messages)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot record {state.execution_id!r}: {exc}") from exc
+        return sent
+
+    def mail(self) -> list[tuple[int, str, str]]:
+        """Every message between executions not yet acted on: (seq, recipient, encoded event), in order."""
+        rows = self._db.execute("SELECT seq, execution_id, event FROM mail ORDER BY seq")
+        return [(int(seq), str(recipient), str(event)) for seq, recipient, event in rows]
+
+    def consume(self, seq: int) -> None:
+        """A message that changed nothing: forget it."""
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM mail WHERE seq = ?", (seq,))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot consume message {seq}: {exc}") from exc
 
     def enqueue(self, messages: Iterable[Message]) -> None:
         self._db.executemany(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core.events import Mail
 from agent.core.model import ProcessRef
 from agent.protocol import Spec
 
@@ -51,4 +52,12 @@ class Forget:
     execution_id: str
 
 
-Action = Spawn | Signal | PublishStatus | ClearStatus | EmitEvent | Forget
+@dataclass(frozen=True)
+class Tell:
+    """Deliver ``event`` to another execution, durably and in order (the runtime's mailbox)."""
+
+    execution_id: str
+    event: Mail
+
+
+Action = Spawn | Signal | PublishStatus | ClearStatus | EmitEvent | Forget | Tell

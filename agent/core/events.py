@@ -67,8 +67,63 @@ class TimerFired:
     name: str
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    attempt: int
+    ok: bool
+    detail: str = ""
+
+
+# --- Between executions (updates and rollback), carried by the runtime's durable mailbox -------------
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """To P: ``successor`` replaces you, with this update strategy."""
+
+    successor: str
+    strategy: str
+
+
+@dataclass(frozen=True)
+class Released:
+    """To N: ``previous`` has stopped (or is not known here, or does not run): N may start."""
+
+    previous: str
+    known: bool
+
+
+@dataclass(frozen=True)
+class SuccessorStable:
+    """To P (start_first): ``successor`` is stable, so P stops now."""
+
+    successor: str
+
+
+@dataclass(frozen=True)
+class RollbackFrom:
+    """To P: ``successor`` failed before it was stable; take over again if you can."""
+
+    successor: str
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """To N: ``previous`` took over again after N failed."""
+
+    previous: str
+
+
+Mail = HandOver | Released | SuccessorStable | RollbackFrom | RolledBack
+
 Event = (
-    SpawnLost
+    ProbeResult
+    | HandOver
+    | Released
+    | SuccessorStable
+    | RollbackFrom
+    | RolledBack
+    | SpawnLost
     | DesiredReceived
     | DesiredRejected
     | DesiredDeleted

@@ -71,6 +71,16 @@ class Execution(_Frozen):
     deleting: bool = False
     stop_outcome: str | None = None  # why the agent stops it on its own: it lands in failed with this
     rejected_digest: str | None = None  # the last rejected payload, so a redelivery is not re-reported
+    # Validation and probes of the current run.
+    in_window: bool = False  # the current run has not yet passed its validation window
+    probe_passing: bool = False  # the last probe check of the current run passed
+    probe_failures: int = 0  # consecutive failed probe checks
+    # Updates (docs/protocol.md, "Updates and rollback").
+    handover_sent: bool = False  # N: P has been told about this update
+    waiting_for_previous: bool = False  # N (stop_first): P must stop before N starts
+    superseded: bool = False  # P: stopping or stopped because N replaces it, not because it was asked to
+    handover_generation: int | None = None  # P: its generation when N took over; a newer one wins
+    rollback_asked: bool = False  # N: P has been asked to take over again
 
     @property
     def state_type(self) -> str:

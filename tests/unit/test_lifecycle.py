@@ -339,7 +339,7 @@ CASES: dict[str, Case] = {
     "stopping+running-again->(on exit)": Case("stopping", (21, desired(3)), ["stopping"], ["PublishStatus"], final="stopping"),
     "stopping+deleted->stopping": Case("stopping", (21, DesiredDeleted()), [], [], final="stopping"),
     # stopped
-    "stopped+running->degraded+spawn2(stable)": Case("stopped", (30, desired(3)), ["degraded"], ["PublishStatus", "Spawn"], final="degraded"),
+    "stopped+running->starting+spawn2(stable)": Case("stopped", (30, desired(3)), ["starting"], ["PublishStatus", "Spawn"], final="starting"),
     "stopped+stopped->stopped(new desired)": Case("stopped", (30, desired(3, "stopped", message="still")), ["stopped"], ["PublishStatus"], final="stopped"),
     "stopped+deleted->forget": Case("stopped", (30, DesiredDeleted()), [], ["ClearStatus", "Forget"], final=None),
     "stopped+grace-cleared->nothing": Case("stopped", (30, timer("grace")), [], [], final="stopped"),
@@ -407,14 +407,13 @@ def test_transition_starting_points_are_what_they_say() -> None:
 
 def test_creation_publishes_pending_with_desired_then_starting_and_spawns() -> None:
     spec = make_spec()
-    r = run(absent(), desired(4, spec=spec, message="go", job_id="web", previous_execution_id="web-1"))
+    r = run(absent(), desired(4, spec=spec, message="go", job_id="web"))
     first, second = (p.document for p in publishes(r.last))
     assert (first["revision"], second["revision"]) == (1, 2)
     assert first["observed_state"]["state_type"] == "pending"
     assert first["observed_generation"] == 4
     assert first["desired_state"] == {"state_type": "running", "message": "go", "details": {}}
     assert first["job_id"] == "web"
-    assert first["previous_execution_id"] == "web-1"
     assert first["created_at"] == rfc3339(T0)
     assert first["stable_at"] is None
     assert second["observed_state"]["state_type"] == "starting"
@@ -882,12 +881,12 @@ def test_events_for_stale_attempts_change_nothing(event: Event) -> None:
 # --- Surprising but as implemented (pinned, so a change is noticed) --------------------------------------------
 
 
-def test_surprise_requested_restart_of_a_stable_execution_goes_through_degraded() -> None:
-    # A stable execution stopped and started again on request waits in `degraded`, not `starting`,
-    # because stable_at is kept forever.
+def test_requested_restart_of_a_stable_execution_goes_through_starting_and_validating() -> None:
+    # Only a crash restart of a stable execution waits in `degraded`; a run asked for starts afresh.
     r = at("stopped").then((30, desired(3)), (31, started(2)))
-    assert types_published(r.steps[-2]) == ["degraded"]
-    assert types_published(r.last) == ["degraded"]
+    assert types_published(r.steps[-2]) == ["starting"]
+    assert types_published(r.last) == ["validating"]
+    assert r.execution.stable_at is not None  # kept forever
 
 
 def test_pending_with_a_message_publishes_one_pending_revision() -> None:
@@ -897,7 +896,7 @@ def test_pending_with_a_message_publishes_one_pending_revision() -> None:
 
 def test_surprise_terminal_execution_revived_by_stopped_then_running() -> None:
     r = at("completed").then((30, desired(2, "stopped")), (31, desired(3)))
-    assert r.execution.state_type == "degraded"
+    assert r.execution.state_type == "starting"
     assert [s.attempt for s in spawns(r.last)] == [2]
 
 
@@ -952,7 +951,7 @@ def test_all_attempts_of_an_execution_run_the_same_spec() -> None:
 
 @pytest.mark.parametrize("field_name", ["job_id", "previous_execution_id"])
 def test_minimal_stopped_document_stops_an_execution_with_ids(field_name: str) -> None:
-    spec = make_spec()
+    spec = make_spec(update_strategy="start_first")  # starts at once, without waiting for "web" to stop
     r = run(absent(), (0, desired(1, spec=spec, **{field_name: "web"})), (1, started(1)))
     r = r.then((2, desired(2, "stopped", with_spec=False)))
     assert signals(r.last) == ["SIGTERM"]

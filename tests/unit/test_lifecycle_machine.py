@@ -43,8 +43,9 @@ T0 = 1_800_000_000.0
 ALLOWED: dict[str | None, set[str]] = {
     None: {"pending", "failed"},  # created by a desired document, or by a rejection
     "pending": {"pending", "starting", "stopped"},
-    "starting": {"starting", "validating", "stopping", "stopped", "failed"},  # + SpawnLost: starting
-    "validating": {"validating", "running", "starting", "completed", "failed", "lost", "stopping"},
+    # A stable execution run again on request that crashes waits for its restart in degraded.
+    "starting": {"starting", "validating", "stopping", "stopped", "failed", "degraded"},
+    "validating": {"validating", "running", "starting", "completed", "failed", "lost", "stopping", "degraded"},
     "running": {"running", "degraded", "completed", "failed", "lost", "stopping"},
     "degraded": {"degraded", "running", "completed", "failed", "lost", "stopping", "stopped"},
     "stopping": {"stopping", "stopped", "failed", "starting", "degraded"},
@@ -149,12 +150,16 @@ class LifecycleMachine(RuleBasedStateMachine):
             if one == "failed" and two == "pending":
                 assert isinstance(before, Execution)
                 assert before.generation == 0, "only a never-accepted execution leaves failed for pending"
-        for d in docs:
+        for one, d in zip(types, docs, strict=False):
             state_type = d.document["observed_state"]["state_type"]
             if state_type == "degraded":
                 assert d.document["stable_at"] is not None, "degraded is only for a once-stable execution"
-            if state_type in ("starting", "validating"):
-                assert d.document["stable_at"] is None, "a stable execution never shows starting/validating"
+            # A stable execution shows starting/validating only for a run asked for after it was stopped
+            # (a crash restart of a stable execution waits in degraded instead).
+            if state_type == "starting" and d.document["stable_at"] is not None:
+                assert one in ("stopped", "stopping", "starting"), f"stable execution restarted from {one}"
+            if state_type == "validating" and d.document["stable_at"] is not None:
+                assert one in ("starting", "validating"), f"stable execution validating after {one}"
         # (c) stable_at: first set when entering running (or degraded); never changes afterwards.
         if self.stable_at is not None:
             for d in docs:

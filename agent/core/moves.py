@@ -1,0 +1,181 @@
+"""The moves every lifecycle rule is made of: start, stop, settle, fail, forget.
+
+Each takes the decision in the making (:class:`Step`) and changes it; none looks at the event that
+caused it. The rules in lifecycle.py, validation.py and updates.py combine them.
+"""
+
+from __future__ import annotations
+
+from agent.core.actions import ClearStatus, Forget, Signal, Spawn
+from agent.core.events import Released, RollbackFrom
+from agent.core.model import Absent, ProcessRef
+from agent.core.step import DEADLINE, GRACE, RESTART, TIMEOUT, WINDOW, Decision, Step
+from agent.protocol import ObservedStateType, RunOutput
+
+
+def start(step: Step, message: str = "spawning", state_type: ObservedStateType = "starting") -> None:
+    """Ask for a new attempt. The spec is fixed from here on, so every attempt runs the same one."""
+    state = step.state
+    assert state.spec is not None, "a running desired state always has a spec"
+    step.set(attempt=state.attempt + 1, spawn_pending=True, started_once=True, superseded=False)
+    step.clear_timers(RESTART)
+    step.observe(state_type, message)
+    step.actions.append(Spawn(state.execution_id, step.state.attempt, state.spec))
+
+
+def on_started(step: Step, ref: ProcessRef) -> None:
+    """The workload runs: its validation window begins (or, with a probe, begins at the first pass)."""
+    state = step.state
+    assert state.spec is not None
+    step.set(
+        process=ref,
+        spawn_pending=False,
+        compute_reference=ref.compute_reference,
+        run_output=RunOutput(),
+        in_window=True,
+        probe_passing=False,
+        probe_failures=0,
+    )
+    if state.state_type == "stopping":  # stop, deletion or failure was decided while it was being spawned
+        signal_stop(step, state.observed.message)
+        return
+    if state.spec.timeout_s is not None and TIMEOUT not in state.timers:
+        step.set_timer(TIMEOUT, state.spec.timeout_s)  # restarts keep it: it counts from the run's start
+    if DEADLINE not in state.timers and state.stable_at is None:
+        step.set_timer(DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
+    if state.spec.probe is None:
+        step.set_timer(WINDOW, state.spec.validation.window_s)
+    # A stable execution restarted after a crash stays degraded until it has passed the window again.
+    step.observe("degraded" if state.state_type == "degraded" else "validating", "validating")
+
+
+def stop(step: Step, message: str) -> None:
+    """Stop whatever runs (or is being spawned); an execution with nothing running is simply stopped."""
+    state = step.state
+    step.clear_timers(RESTART, WINDOW, DEADLINE, TIMEOUT)
+    step.set(waiting_for_previous=False)
+    if state.process is not None:
+        if state.state_type != "stopping":
+            signal_stop(step, message)
+    elif state.spawn_pending:
+        step.observe("stopping", message)  # the spawn reports back; on_started stops it then
+    elif state.state_type != "stopped":
+        step.observe("stopped", message)
+
+
+def signal_stop(step: Step, message: str) -> None:
+    state = step.state
+    assert state.process is not None
+    assert state.spec is not None
+    step.actions.append(Signal(state.execution_id, state.process, state.spec.stop.signal))
+    step.clear_timers(WINDOW, RESTART)  # a stopping workload can no longer become stable
+    step.set_timer(GRACE, state.spec.stop.grace_s)
+    step.observe("stopping", message)
+
+
+def fail_on_own(step: Step, reason: str) -> None:
+    """The agent ends the execution itself (deadline, timeout): stop whatever runs, then land in failed."""
+    state = step.state
+    step.clear_timers(RESTART, DEADLINE, TIMEOUT)
+    if state.process is not None:
+        step.set(stop_outcome=reason)
+        signal_stop(step, reason)
+    elif state.spawn_pending:
+        step.set(stop_outcome=reason)
+        step.observe("stopping", reason)
+    else:
+        failed(step, reason)
+
+
+def failed(step: Step, reason: str) -> None:
+    """Land in failed. An update that fails before it was ever stable asks its predecessor to take over."""
+    step.clear_timers(DEADLINE, TIMEOUT)
+    step.observe("failed", reason)
+    state = step.state
+    if state.stable_at is None and state.previous_execution_id is not None and not state.rollback_asked:
+        step.set(rollback_asked=True)
+        step.tell(state.previous_execution_id, RollbackFrom(state.execution_id))
+
+
+def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
+    """The workload ended (or never started): settle, restart, or finish a stop or deletion."""
+    state = step.state
+    step.clear_timers(WINDOW, GRACE)
+    step.set(in_window=False, probe_passing=False)
+    if state.state_type == "stopping":
+        if state.deleting:
+            step.observe("stopped", "stopped for deletion")
+            return forget(step)
+        if state.stop_outcome is not None:
+            step.set(stop_outcome=None)
+            failed(step, state.stop_outcome)
+        elif state.superseded:
+            step.observe("stopped", f"stopped for the update to {state.next_execution_id}")
+            if state.next_execution_id is not None:
+                step.tell(state.next_execution_id, Released(state.execution_id, known=True))
+        elif state.desired is not None and state.desired.state_type == "running":
+            start(step)  # asked to run again while it was stopping
+        else:
+            step.observe("stopped", exit_message("stopped by request", exit_code))
+        return step.done()
+    if exit_code is None and why is None:
+        # Lost is published as its own revision; a policy that restarts failures then restarts it too, so a
+        # service lost while the agent was away comes back, and a batch job (policy never) stays lost.
+        reason = "the workload ended while nobody recorded its exit status"
+        step.emit("lost", reason=reason)
+        step.observe("lost", reason)
+        if not restart(step, None, reason):
+            step.clear_timers(DEADLINE, TIMEOUT)
+        return step.done()
+    why = why or exit_message("exited", exit_code)
+    if not restart(step, exit_code, why):
+        settle(step, exit_code, why)
+    return step.done()
+
+
+def wants_restart(step: Step, exit_code: int | None) -> bool:
+    assert step.state.spec is not None
+    policy = step.state.spec.restart.policy
+    return policy == "always" or (policy == "on-failure" and exit_code != 0)
+
+
+def restart(step: Step, exit_code: int | None, why: str) -> bool:
+    """Schedule the next attempt if the policy, its budget and the validation deadline allow it."""
+    state = step.state
+    assert state.spec is not None
+    policy = state.spec.restart
+    deadline = state.timers.get(DEADLINE)
+    in_time = deadline is None or deadline > step.now
+    if not (wants_restart(step, exit_code) and state.recent_restarts < policy.max_restarts and in_time):
+        return False
+    delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
+    step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
+    step.set_timer(RESTART, delay)
+    next_at = step.at(step.state.timers[RESTART])
+    step.emit("restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at)
+    waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
+    step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
+    return True
+
+
+def settle(step: Step, exit_code: int | None, why: str) -> None:
+    """The workload ended for good: completed, or failed with the reason."""
+    state = step.state
+    deadline = state.timers.get(DEADLINE)
+    if exit_code == 0:
+        step.clear_timers(DEADLINE, TIMEOUT)
+        step.observe("completed", why)
+    elif deadline is not None and deadline <= step.now and state.stable_at is None:
+        failed(step, f"validation failed: {why} and validation.deadline_s has passed")
+    else:
+        failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)
+
+
+def forget(step: Step) -> Decision:
+    eid = step.state.execution_id
+    step.actions += [ClearStatus(eid), Forget(eid)]
+    return Absent(execution_id=eid, node_id=step.state.node_id, revision=step.state.revision), step.actions
+
+
+def exit_message(prefix: str, exit_code: int | None) -> str:
+    return prefix if exit_code is None else f"{prefix} with exit code {exit_code}"

@@ -1,0 +1,79 @@
+"""One decision in the making: state changes, a revision per published change, and the actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.core.actions import Action, EmitEvent, PublishStatus, Tell
+from agent.core.events import Mail
+from agent.core.model import Absent, Execution
+from agent.core.status import event_document, status_document, status_view
+from agent.protocol import ObservedState, ObservedStateType, rfc3339
+
+# Timer names, kept in Execution.timers as name -> wall-clock deadline.
+WINDOW = "window"  # validation window: the run has stayed up (and healthy) long enough to be stable
+DEADLINE = "deadline"  # validation deadline: it did not become stable in time
+GRACE = "grace"  # stop grace: time to escalate to SIGKILL
+RESTART = "restart"  # restart backoff: time for the next attempt
+TIMEOUT = "timeout"  # spec.timeout_s: the run has gone on too long, counted from its first start
+
+Decision = tuple[Execution | Absent, list[Action]]
+
+
+class Step:
+    def __init__(self, state: Execution, now: float, published: dict[str, Any] | None) -> None:
+        self.state = state
+        self.now = now
+        self.actions: list[Action] = []
+        self._published = published
+
+    @classmethod
+    def of(cls, state: Execution, now: float) -> Step:
+        return cls(state, now, status_view(state))
+
+    def set(self, **fields: Any) -> None:
+        self.state = self.state.model_copy(update=fields)
+
+    def observe(self, state_type: ObservedStateType, message: str = "", **details: Any) -> None:
+        """Move to an observed state (its details replace the old ones) and publish it as its own revision."""
+        self.set(observed=ObservedState(state_type=state_type, message=message, details=details))
+        self.publish()
+
+    def publish(self) -> None:
+        """Publish the status if it differs from the last one published; identical statuses are dropped."""
+        view = status_view(self.state)
+        if view == self._published:
+            return
+        self.set(revision=self.state.revision + 1, updated_at=self.now)
+        self._published = view
+        self.actions.append(
+            PublishStatus(self.state.execution_id, self.state.revision, status_document(self.state))
+        )
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        s = self.state
+        self.actions.append(
+            EmitEvent(event_document(event_type, s.node_id, s.execution_id, self.now, **fields))
+        )
+
+    def tell(self, execution_id: str, mail: Mail) -> None:
+        self.actions.append(Tell(execution_id, mail))
+
+    def set_detail(self, key: str, value: Any) -> None:
+        details = {k: v for k, v in self.state.details.items() if k != key}
+        if value is not None:
+            details[key] = value
+        self.set(details=details)
+
+    def set_timer(self, name: str, delay_s: float) -> None:
+        self.set(timers={**self.state.timers, name: self.now + delay_s})
+
+    def clear_timers(self, *names: str) -> None:
+        self.set(timers={k: v for k, v in self.state.timers.items() if k not in names})
+
+    def at(self, epoch_s: float | None = None) -> str:
+        return rfc3339(self.now if epoch_s is None else epoch_s) or ""
+
+    def done(self) -> Decision:
+        self.publish()
+        return self.state, self.actions
