@@ -16,6 +16,7 @@ from pathlib import Path
 import agent
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.log import configure_logging
+from agent.operator import arguments as operator_args
 
 PROG = "reconcile-agent"
 EXIT_OK = 0
@@ -69,6 +70,10 @@ def _check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         config.check_files()
+        if config.mqtt.tls is not None:
+            from agent.tls import tls_context  # noqa: PLC0415  (loads ssl only when TLS is configured)
+
+            tls_context(config)
     except ConfigError as exc:
         print(f"{args.config}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -81,6 +86,13 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  topics:    {mqtt.topic_prefix}/nodes/{config.node_id}/...")
     print(f"  state dir: {config.state_dir}")
     return EXIT_OK
+
+
+def _operator(args: argparse.Namespace) -> int:
+    # Imported here for the same reason as the daemon: --help and check-config never load MQTT code.
+    from agent.operator.main import run_command  # noqa: PLC0415
+
+    return run_command(args)
 
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -98,6 +110,49 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         add_arguments=_add_config_argument,
         handler=_check_config,
     ),
+    # The operator's commands (agent/operator/, docs/cli.md): an MQTT client of the wire contract.
+    Subcommand(
+        name="apply",
+        summary="publish desired documents at their next generation (--wait: until each gets there)",
+        example="reconcile-agent apply web.yaml --wait --config config/dev.yaml",
+        add_arguments=operator_args.add_apply,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="get",
+        summary="list executions: node, id, job, observed state, revision, age, stable, restarts",
+        example="reconcile-agent get --node node-1 -o json",
+        add_arguments=operator_args.add_get,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="job",
+        summary="one job's executions across every node, and the job's state",
+        example="reconcile-agent job web",
+        add_arguments=operator_args.add_job,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="watch",
+        summary="follow status changes across nodes until Ctrl-C",
+        example="reconcile-agent watch --node node-1",
+        add_arguments=operator_args.add_watch,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="events",
+        summary="follow the agents' events (rejections, restarts, lost workloads) until Ctrl-C",
+        example="reconcile-agent events --type desired_rejected --count 1 --timeout 30",
+        add_arguments=operator_args.add_events,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="delete",
+        summary="stop an execution, wait until it is stopped, then delete it",
+        example="reconcile-agent delete --node node-1 web-2",
+        add_arguments=operator_args.add_delete,
+        handler=_operator,
+    ),
 )
 
 
@@ -107,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Per-node reconciliation agent: takes desired state for this node's executions over "
         "MQTT, runs them, and publishes durable status revisions.",
-        epilog=f"examples:\n{examples}\n\nexit status: 0 ok, 2 bad arguments or configuration, "
-        "130 interrupted.\nRun 'reconcile-agent COMMAND --help' for a command's options.",
+        epilog=f"examples:\n{examples}\n\nexit status: 0 ok, 1 failed (broker unreachable, not found, "
+        "did not reach the desired state), 2 bad arguments, configuration or file, 130 interrupted.\nRun 'reconcile-agent COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {agent.__version__}")

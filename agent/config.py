@@ -99,11 +99,45 @@ class LimitsConfig(BaseModel):
     max_payload_bytes: int = Field(default=262144, ge=1024)
 
 
+def parse_address(address: str) -> tuple[str | None, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every interface) -> (host or None, port).
+
+    Raises ValueError with a message fit for the operator.
+    """
+    text = address.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or not rest.startswith(":"):
+            raise ValueError(f"{address!r} is not [IPv6 address]:port, such as [::1]:9100")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{address!r} has no port; write host:port, such as 127.0.0.1:9100")
+        if any(c.isspace() for c in host) or "/" in host:
+            raise ValueError(f"{address!r}: {host!r} is not a host name or address")
+        if ":" in host:
+            raise ValueError(f"{address!r}: put an IPv6 address in brackets, such as [::1]:9100")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"{address!r}: the port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{address!r}: the port must be between 1 and 65535, not {port}")
+    return (host or None), port
+
+
 class MetricsConfig(BaseModel):
     model_config = _STRICT
 
     # host:port for the Prometheus endpoint (/metrics) and /healthz; None keeps it off.
     address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
 
 
 class WorkloadLogsConfig(BaseModel):
@@ -111,6 +145,7 @@ class WorkloadLogsConfig(BaseModel):
 
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)  # rotate a workload's stdout/stderr past this
     keep: int = Field(default=3, ge=0, le=100)  # rotated files kept per stream
+    interval_s: float = Field(default=5.0, gt=0, le=3600)  # how often the sizes are checked
 
 
 class LogConfig(BaseModel):
@@ -231,7 +266,7 @@ def load_config(path: Path) -> AgentConfig:
         _file_values.reset(token)
 
 
-class _StrictKeyLoader(yaml.SafeLoader):
+class StrictKeyLoader(yaml.SafeLoader):
     """Keys must be unique strings.
 
     PyYAML keeps the last of two equal keys, so a repeated `mqtt:` section would silently drop the first;
@@ -260,9 +295,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"{path}: cannot read the configuration file: {_why(exc)}") from exc
     try:
-        data = yaml.load(text, Loader=_StrictKeyLoader)  # a SafeLoader subclass, so no arbitrary objects
+        data = yaml.load(text, Loader=StrictKeyLoader)  # a SafeLoader subclass, so no arbitrary objects
     except yaml.YAMLError as exc:
-        raise ConfigError(path, f"{path}: malformed YAML{_yaml_where(exc)}") from exc
+        raise ConfigError(path, f"{path}: malformed YAML{yaml_where(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -274,7 +309,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _yaml_where(exc: yaml.YAMLError) -> str:
+def yaml_where(exc: yaml.YAMLError) -> str:
     if not isinstance(exc, yaml.MarkedYAMLError):
         return f": {exc}"
     mark = exc.problem_mark or exc.context_mark

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import ssl
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +31,7 @@ from agent.protocol import Accepted, Deleted, Topics, parse_desired, payload_dig
 from agent.runtime import Outbox, Runtime, run_forever
 from agent.store import Store, StoreError
 from agent.systemd import SystemdNotifier
+from agent.tls import tls_context
 
 log = structlog.get_logger("agent.daemon")
 
@@ -163,21 +162,6 @@ def to_event(parsed: Any) -> Event:
     if isinstance(parsed, Deleted):
         return DesiredDeleted()
     return DesiredRejected(parsed.generation, parsed.reason, parsed.digest)
-
-
-def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    tls = config.mqtt.tls
-    if tls is None:
-        return None
-    try:
-        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file is not None:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            Path(str(tls.ca_file or tls.cert_file)), f"mqtt.tls: cannot load the certificates: {exc}"
-        ) from exc
-    return context
 
 
 async def run_agent(config: AgentConfig) -> int:

@@ -23,10 +23,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from agent.protocol import Topics, dumps
 from agent.runtime import Outbox
 from agent.store import Message, Store
+from agent.tls import connect_hint
 
 log = structlog.get_logger("agent.mqtt")
 
-PUBLISH_BATCH = 64  # in flight at once; paho sends them in order, so order on the wire is kept
+PUBLISH_BATCH = 10  # in flight at once (aiomqtt warns above 10); paho sends them in order
 PUBLISH_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 15.0
@@ -77,8 +78,13 @@ class MqttLink:
         self.first_attempt.set()
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
+        hint = connect_hint(error) if error is not None else None
         self.log.warning(
-            "broker unreachable", attempt=state.attempt_number, error=str(error), retry_in_s=round(wait, 2)
+            "broker unreachable",
+            attempt=state.attempt_number,
+            error=str(error),
+            retry_in_s=round(wait, 2),
+            **({"hint": hint} if hint else {}),
         )
 
     async def _session(self) -> None:

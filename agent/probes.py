@@ -1,20 +1,25 @@
 """Probes: each running workload's health check, run on its period, reported to the runtime as events.
 
-The checks never block the event loop: http and tcp are asyncio (httpx for http), exec runs in a small
-thread pool of its own so slow probes cannot starve spawns. A probe reports every result; the lifecycle
-core decides what it means, and an unchanged state costs nothing (no commit, no publish).
+The checks never block the event loop: http and tcp are asyncio, exec runs in a small thread pool of
+its own so slow probes cannot starve spawns. Plain ``http://`` is checked with a few lines of HTTP/1.1
+on asyncio streams (status line only): measured here, httpx costs 1.0-2.3 ms of CPU per check against
+0.2 ms, which at 500 workloads every 2 s is a quarter of a core instead of a few percent
+(bench/README.md). ``https://`` goes through httpx, where the TLS handshake dominates anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -63,9 +68,14 @@ class Prober:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, execution_id: str, attempt: int, probe: Probe) -> None:
+        last_ok: bool | None = None
         while True:
             ok, detail = await self.check(probe)
-            self._submit(execution_id, ProbeResult(attempt, ok, detail))
+            # A pass after a pass changes nothing in the core (it is the steady state of a healthy fleet),
+            # so only the first pass, every failure and the first pass after failures are reported.
+            if not (ok and last_ok):
+                self._submit(execution_id, ProbeResult(attempt, ok, detail))
+            last_ok = ok
             await asyncio.sleep(probe.period_s)
 
     async def check(self, probe: Probe) -> tuple[bool, str]:
@@ -84,25 +94,64 @@ class Prober:
         return False, "no probe configured"
 
     async def _check_http(self, url: str, timeout_s: float) -> tuple[bool, str]:
-        if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=False)
         try:
-            response = await self._http.get(url, timeout=timeout_s)
-        except httpx.HTTPError as exc:
+            if urlsplit(url).scheme == "http":
+                status = await _plain_http_status(url, timeout_s)
+            else:
+                if self._http is None:
+                    self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+                status = (await self._http.get(url, timeout=timeout_s)).status_code
+        except (OSError, TimeoutError, ValueError, httpx.HTTPError) as exc:
             return False, f"GET {url}: {type(exc).__name__}: {exc}"
-        return 200 <= response.status_code < 400, f"GET {url}: {response.status_code}"
+        return 200 <= status < 400, f"GET {url}: {status}"
 
     @staticmethod
     async def _check_tcp(host: str, port: int, timeout_s: float) -> tuple[bool, str]:
         try:
-            async with asyncio.timeout(timeout_s):
-                _, writer = await asyncio.open_connection(host, port)
+            async with asyncio.timeout(timeout_s), _connected(host, port):
+                pass
         except (OSError, TimeoutError) as exc:
             return False, f"tcp {host}:{port}: {type(exc).__name__}: {exc}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
         return True, f"tcp {host}:{port}: connected"
+
+
+async def _plain_http_status(url: str, timeout_s: float) -> int:
+    """The status code of ``GET url`` over plain HTTP/1.1; the body is never read."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        raise ValueError("no host in the URL")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: reconcile-agent-probe\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    async with asyncio.timeout(timeout_s), _connected(parts.hostname, parts.port or 80) as sock:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, request.encode())
+        status_line = await loop.sock_recv(sock, 64)  # e.g. b"HTTP/1.1 200 OK\r\n..."
+    version, _, rest = status_line.decode("latin-1").partition(" ")
+    if not version.startswith("HTTP/") or not rest[:3].isdigit():
+        raise ValueError(f"not an HTTP response: {status_line[:40]!r}")
+    return int(rest[:3])
+
+
+@contextlib.asynccontextmanager
+async def _connected(host: str, port: int) -> AsyncIterator[socket.socket]:
+    """A connected non-blocking socket, closed on the way out: half the CPU of asyncio streams."""
+    loop = asyncio.get_running_loop()
+    address: tuple[Any, ...]
+    try:  # an address needs no resolver (getaddrinfo runs in a thread: most of a check's cost)
+        ip = ipaddress.ip_address(host)
+        family, address = (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
+    except ValueError:
+        family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        yield sock
+    finally:
+        sock.close()
 
 
 def _wanted(state: Execution | Absent) -> tuple[int, Probe] | None:

@@ -105,14 +105,14 @@ def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
     if state.state_type == "stopping":
         if state.deleting:
             step.observe("stopped", "stopped for deletion")
+            _release_successor(step)  # a stop_first successor must not wait for an execution that is gone
             return forget(step)
         if state.stop_outcome is not None:
             step.set(stop_outcome=None)
             failed(step, state.stop_outcome)
         elif state.superseded:
             step.observe("stopped", f"stopped for the update to {state.next_execution_id}")
-            if state.next_execution_id is not None:
-                step.tell(state.next_execution_id, Released(state.execution_id, known=True))
+            _release_successor(step)
         elif state.desired is not None and state.desired.state_type == "running":
             start(step)  # asked to run again while it was stopping
         else:
@@ -131,6 +131,12 @@ def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
     if not restart(step, exit_code, why):
         settle(step, exit_code, why)
     return step.done()
+
+
+def _release_successor(step: Step) -> None:
+    state = step.state
+    if state.superseded and state.next_execution_id is not None:
+        step.tell(state.next_execution_id, Released(state.execution_id, known=True))
 
 
 def wants_restart(step: Step, exit_code: int | None) -> bool:

@@ -21,15 +21,18 @@ Decision = tuple[Execution | Absent, list[Action]]
 
 
 class Step:
-    def __init__(self, state: Execution, now: float, published: dict[str, Any] | None) -> None:
+    def __init__(self, state: Execution, now: float, published: Execution | None) -> None:
         self.state = state
         self.now = now
         self.actions: list[Action] = []
-        self._published = published
+        # The status last published, rendered only when something is to be published: most events
+        # (a passing probe, a stale report) publish nothing, and rendering is most of a decision's cost.
+        self._published_state = published
+        self._published: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, state: Execution, now: float) -> Step:
-        return cls(state, now, status_view(state))
+        return cls(state, now, state)
 
     def set(self, **fields: Any) -> None:
         self.state = self.state.model_copy(update=fields)
@@ -41,6 +44,10 @@ class Step:
 
     def publish(self) -> None:
         """Publish the status if it differs from the last one published; identical statuses are dropped."""
+        if self.state is self._published_state:
+            return  # nothing changed at all since it was published
+        if self._published is None and self._published_state is not None:
+            self._published = status_view(self._published_state)
         view = status_view(self.state)
         if view == self._published:
             return

@@ -44,7 +44,7 @@ def on_mail(state: Execution | Absent, mail: Mail, now: float) -> Decision:
         case HandOver(successor=successor, strategy=strategy):
             step.set(next_execution_id=successor, handover_generation=state.generation)
             if strategy == "stop_first":
-                _retire(step, f"stopping for the update to {successor}")
+                _retire(step, f"for the update to {successor}")
                 if not step.state.active:
                     step.tell(successor, Released(state.execution_id, known=True))
         case Released():
@@ -55,7 +55,7 @@ def on_mail(state: Execution | Absent, mail: Mail, now: float) -> Decision:
                     start(step)
         case SuccessorStable(successor=successor):
             if state.next_execution_id == successor and state.generation == state.handover_generation:
-                _retire(step, f"stopped: {successor} is stable")
+                _retire(step, f"for the update to {successor}, which is stable")
         case RollbackFrom(successor=successor):
             _roll_back(step, successor)
         case RolledBack(previous=previous):
@@ -63,12 +63,12 @@ def on_mail(state: Execution | Absent, mail: Mail, now: float) -> Decision:
     return step.done()
 
 
-def _retire(step: Step, message: str) -> None:
+def _retire(step: Step, why: str) -> None:
     """Stop P for its successor, if anything of it runs or is about to; a finished P is left as it is."""
     state = step.state
     if state.active or RESTART in state.timers:
         step.set(superseded=True)
-        stop(step, message)
+        stop(step, f"stopping {why}" if state.active else f"stopped {why}")
 
 
 def _roll_back(step: Step, successor: str) -> None:
@@ -79,6 +79,7 @@ def _roll_back(step: Step, successor: str) -> None:
         or state.next_execution_id != successor
         or state.generation != state.handover_generation  # a newer generation from the orchestrator wins
         or already
+        or not (state.active or state.superseded)  # a P that had finished (completed, failed) stays finished
         or state.desired is None
         or state.desired.state_type != "running"
     ):

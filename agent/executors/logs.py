@@ -1,14 +1,161 @@
-"""Rotation of workload logs (state_dir/executions/<id>/stdout.log, stderr.log).
+"""Rotation of workload logs: ``state_dir/executions/<id>/stdout.log`` and ``stderr.log``.
 
-To be completed (issue #6): this stub is the interface the daemon uses.
+The supervisor (supervisor.sh) holds each stream open with O_APPEND for as long as the workload runs, and
+may outlive the agent, so a log cannot be renamed away: the workload would keep writing to the renamed
+file. Rotation is therefore logrotate's *copytruncate*: ``stdout.log.1`` ... ``stdout.log.<keep>`` are
+shifted up by one (the oldest falls off), the live file is copied to a new ``stdout.log.1`` (written as a
+temporary file and renamed into place first, so a failure leaves the live file whole), and the live file
+is truncated to 0 bytes; being O_APPEND, the workload's next write lands at the new end, 0.
+
+- A stream is rotated when a scan finds it larger than ``max_bytes``; scans run every ``interval_s``, so
+  a file can overshoot by what the workload writes in between, and a rotated file holds everything the
+  live file had (at least ``max_bytes``).
+- What the workload writes between the end of the copy and the truncation (microseconds) is lost: the
+  price of copytruncate, the only rotation possible under a writer that cannot be told to reopen.
+- ``keep`` 0 means truncate without a copy. Rotated files beyond ``keep`` (left by a larger ``keep``
+  before) are removed at the next rotation of that stream.
+- The files live in the execution's directory, so they go with it when the execution is deleted
+  (ProcessExecutor.remove). Rotation only ever names files through that directory's path, so once
+  ``remove`` has renamed the directory away a rotation in progress can no longer create anything in it.
+- ``read_tail`` reads the end of a stream across its latest rotation, for ``run_output``.
+- The file work runs in a worker thread; one rotation at a time in a process (a lock), so a second
+  rotator on the same directory (a test, say) cannot interleave with the agent's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
+import threading
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("agent.executors.logs")
+
+STREAMS = ("stdout.log", "stderr.log")
+COPY_CHUNK = 1024 * 1024
+
+_lock = threading.Lock()
+
+
+def rotated(live: Path, n: int) -> Path:
+    """The n-th rotated file of ``live`` (1 is the newest)."""
+    return live.with_name(f"{live.name}.{n}")
+
+
+def rotate(live: Path, keep: int) -> bool:
+    """Rotate ``live`` now (copy, then truncate); False if it does not exist. Raises OSError."""
+    with _lock:
+        try:
+            source = live.open("r+b")  # not O_APPEND: ftruncate needs write access, the writer is unaffected
+        except FileNotFoundError:
+            return False
+        with source:
+            _drop_beyond(live, keep)
+            if keep == 0:
+                os.ftruncate(source.fileno(), 0)
+                return True
+            for n in range(keep - 1, 0, -1):
+                try:
+                    os.replace(rotated(live, n), rotated(live, n + 1))
+                except FileNotFoundError:
+                    continue
+            temporary = live.with_name(f"{live.name}.1.tmp")
+            with temporary.open("wb") as copy:
+                try:
+                    shutil.copyfileobj(source, copy, COPY_CHUNK)
+                    os.replace(temporary, rotated(live, 1))
+                except BaseException:
+                    temporary.unlink(missing_ok=True)
+                    raise  # the live file is untouched: nothing is lost
+                # What the writer added meanwhile, up to EOF, then the truncation straight away.
+                shutil.copyfileobj(source, copy, COPY_CHUNK)
+                os.ftruncate(source.fileno(), 0)
+        return True
+
+
+def _drop_beyond(live: Path, keep: int) -> None:
+    pattern = re.compile(re.escape(live.name) + r"\.([0-9]+)")
+    for path in live.parent.glob(f"{live.name}.*"):
+        match = pattern.fullmatch(path.name)
+        if match is not None and int(match.group(1)) > keep:
+            path.unlink(missing_ok=True)
+
+
+def rotate_if_larger(live: Path, max_bytes: int, keep: int) -> bool:
+    """Rotate ``live`` if it is larger than ``max_bytes``; whether it was rotated. Raises OSError."""
+    try:
+        size = live.stat().st_size
+    except FileNotFoundError:
+        return False
+    return size > max_bytes and rotate(live, keep)
+
+
+def rotate_all(root: Path, max_bytes: int, keep: int) -> tuple[list[Path], dict[Path, str]]:
+    """One scan of every execution under ``root``: the streams rotated, and the errors by stream."""
+    done: list[Path] = []
+    errors: dict[Path, str] = {}
+    try:
+        run_dirs = [d for d in root.iterdir() if not d.name.startswith(".")]
+    except FileNotFoundError:
+        return done, errors  # no execution has run yet
+    except OSError as exc:
+        return done, {root: _why(exc)}
+    for run_dir in run_dirs:
+        for name in STREAMS:
+            live = run_dir / name
+            try:
+                if rotate_if_larger(live, max_bytes, keep):
+                    done.append(live)
+            except OSError as exc:
+                if run_dir.exists():  # else: removed with its execution meanwhile, not a problem
+                    errors[live] = _why(exc)
+    return done, errors
 
 
 async def rotate_forever(root: Path, max_bytes: int, keep: int, interval_s: float = 5.0) -> None:
-    """Every ``interval_s``, rotate each workload stream under ``root`` that is larger than ``max_bytes``."""
-    await asyncio.Event().wait()
+    """Every ``interval_s``, rotate each workload stream under ``root`` that is larger than ``max_bytes``.
+
+    Never returns and never raises (except when cancelled): a failure is logged once, when it first
+    appears, and the scans go on.
+    """
+    reported: dict[Path, str] = {}
+    while True:
+        try:
+            done, errors = await asyncio.to_thread(rotate_all, root, max_bytes, keep)
+        except Exception as exc:  # a bug, not an I/O error: keep rotating what can be rotated
+            done, errors = [], {root: repr(exc)}
+        for live in done:
+            log.debug("workload log rotated", path=str(live), keep=keep)
+        for path, error in errors.items():
+            if reported.get(path) != error:
+                log.warning("cannot rotate a workload log", path=str(path), error=error)
+        reported = errors
+        await asyncio.sleep(interval_s)
+
+
+def read_tail(live: Path, limit: int) -> tuple[bytes, bool]:
+    """The last ``limit`` bytes of a stream across its latest rotation (the end of ``live.1``, then
+    ``live``) and whether the stream holds more than that. Missing files count as empty."""
+    data = _last_bytes(live, limit + 1)
+    if len(data) <= limit:
+        data = _last_bytes(rotated(live, 1), limit + 1 - len(data)) + data
+    more = len(data) > limit
+    return data[len(data) - limit :] if more else data, more
+
+
+def _last_bytes(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, size - limit))
+            return stream.read(limit)
+    except OSError:
+        return b""
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.strerror.lower()}: {exc.filename}" if exc.strerror and exc.filename else str(exc)

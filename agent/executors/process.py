@@ -26,6 +26,7 @@ import psutil
 
 from agent.core.events import Tail
 from agent.core.model import ProcessRef
+from agent.executors.logs import read_tail
 from agent.protocol import Spec
 
 TAIL_BYTES = 4096
@@ -225,15 +226,21 @@ class ProcessExecutor:
         return True
 
     def remove(self, execution_id: str) -> None:
-        shutil.rmtree(self.run_dir(execution_id), ignore_errors=True)
+        """Delete the execution's directory: its pid and exit files and all its logs, rotated ones too."""
+        # Renamed out of the way first: log rotation (executors/logs.py) names files through the run
+        # directory's path only, so it cannot add one while rmtree empties the directory (which would make
+        # rmtree leave it behind). A directory left by a crash in between goes with the next removal.
+        doomed = self.root / f".removing-{execution_id}-{os.urandom(4).hex()}"
+        try:
+            self.run_dir(execution_id).rename(doomed)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.run_dir(execution_id), ignore_errors=True)
+        for path in self.root.glob(".removing-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _tail(path: Path) -> Tail:
-    try:
-        with path.open("rb") as stream:
-            size = stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, size - TAIL_BYTES))
-            data = stream.read(TAIL_BYTES)
-    except OSError:
-        return Tail()
-    return Tail(data.decode("utf-8", errors="replace"), truncated=size > TAIL_BYTES)
+    data, truncated = read_tail(path, TAIL_BYTES)  # across the latest rotation of the log
+    return Tail(data.decode("utf-8", errors="replace"), truncated=truncated)

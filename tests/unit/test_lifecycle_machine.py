@@ -45,7 +45,16 @@ ALLOWED: dict[str | None, set[str]] = {
     "pending": {"pending", "starting", "stopped"},
     # A stable execution run again on request that crashes waits for its restart in degraded.
     "starting": {"starting", "validating", "stopping", "stopped", "failed", "degraded"},
-    "validating": {"validating", "running", "starting", "completed", "failed", "lost", "stopping", "degraded"},
+    "validating": {
+        "validating",
+        "running",
+        "starting",
+        "completed",
+        "failed",
+        "lost",
+        "stopping",
+        "degraded",
+    },
     "running": {"running", "degraded", "completed", "failed", "lost", "stopping"},
     "degraded": {"degraded", "running", "completed", "failed", "lost", "stopping", "stopped"},
     "stopping": {"stopping", "stopped", "failed", "starting", "degraded"},

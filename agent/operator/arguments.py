@@ -1,0 +1,151 @@
+"""The operator subcommands' arguments. argparse only: ``reconcile-agent --help`` must not load MQTT code."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.names import id_problem
+
+DEFAULT_WAIT_S = 300.0
+
+
+def _id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: must be a positive number of seconds")
+    return seconds
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be at least 1")
+    return count
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: a port is 1 to 65535")
+    return port
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker (default 127.0.0.1:1883, prefix reconcile/v1)")
+    group.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        help="an agent configuration file: its mqtt section (host, port, prefix, credentials, TLS) is used",
+    )
+    group.add_argument("--host", help="broker host (overrides the config file)")
+    group.add_argument("--port", type=_port, help="broker port (overrides the config file)")
+    group.add_argument("--topic-prefix", metavar="PREFIX", help="topic prefix (overrides the config file)")
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table for people, json for scripts",
+    )
+
+
+def add_apply(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="YAML or JSON: a desired document with node_id, a list of them, or YAML documents split by "
+        "'---' ('-' reads standard input); leave generation out, apply sets it",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until each execution is running and stable, completed, stopped or pending "
+        "as asked (exit 1 if any failed or timed out)",
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_WAIT_S, metavar="SECONDS", help="for --wait (default 300)"
+    )
+    _output(parser)
+    _connection(parser)
+
+
+def add_get(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("execution", nargs="?", type=_id, metavar="EXECUTION", help="only this execution")
+    parser.add_argument("--node", type=_id, help="only this node's executions")
+    _output(parser)
+    _connection(parser)
+
+
+def add_job(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", type=_id, metavar="JOB", help="the job id (an execution's job_id)")
+    _output(parser)
+    _connection(parser)
+
+
+def add_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", type=_id, help="only this node")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop after this long (exit 0); default: until Ctrl-C",
+    )
+    _output(parser)
+    _connection(parser)
+
+
+def add_delete(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("execution", type=_id, metavar="EXECUTION")
+    parser.add_argument("--node", type=_id, required=True, help="the node the execution is on")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help="for the stop, then for the clear (default 300 each)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="clear at once without waiting for the stop (the agent still stops it)",
+    )
+    _connection(parser)
+
+
+def add_events(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", type=_id, help="only this node's events")
+    parser.add_argument(
+        "--type", action="append", metavar="TYPE", help="only events of this type (repeatable)"
+    )
+    parser.add_argument("--count", type=_count, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop after this long; exit 1 if --count events had not arrived by then",
+    )
+    _output(parser)
+    _connection(parser)

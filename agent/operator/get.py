@@ -1,0 +1,62 @@
+"""``get`` (a table of executions) and ``job`` (one job across every node): read-only snapshots."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from agent.operator.connection import Target
+from agent.operator.errors import EXIT_OK, OperatorError
+from agent.operator.jobs import job_state
+from agent.operator.render import age, execution_table, note, out, out_json, time_text
+from agent.operator.session import connect
+from agent.operator.snapshot import execution_statuses
+from agent.operator.topics import ANY
+
+
+async def get(args: argparse.Namespace, target: Target) -> int:
+    node_id: str = args.node or ANY
+    execution_id: str = args.execution or ANY
+    async with connect(target) as session:
+        views = await execution_statuses(session, node_id, execution_id)
+    if args.execution and not views:
+        where = f"on node {args.node}" if args.node else "on any node"
+        raise OperatorError(f"no execution {args.execution!r} {where}")
+    if args.output == "json":
+        out_json([v.document for v in views])
+    elif views:
+        out(execution_table(views, datetime.now(UTC)))
+    else:
+        note("No executions" + (f" on node {args.node}." if args.node else "."))
+    return EXIT_OK
+
+
+async def job(args: argparse.Namespace, target: Target) -> int:
+    async with connect(target) as session:
+        views = await execution_statuses(session)
+    state = job_state(args.job, views)
+    if not state.executions:
+        raise OperatorError(f"no executions of job {args.job!r} on any node")
+    if args.output == "json":
+        out_json(
+            {
+                "job_id": state.job_id,
+                "state": state.state,
+                "version": state.version,
+                "create_time": time_text(state.create_time),
+                "update_time": time_text(state.update_time),
+                "executions": [v.document for v in state.executions],
+            }
+        )
+        return EXIT_OK
+    now = datetime.now(UTC)
+    nodes = sorted({v.node_id for v in state.executions})
+    out(f"Job:      {state.job_id}")
+    out(f"State:    {state.state}")
+    out(f"Version:  {state.version}")
+    out(f"Nodes:    {len(nodes)} ({', '.join(nodes)})")
+    out(f"Created:  {time_text(state.create_time) or '-'} ({age(state.create_time, now)} ago)")
+    out(f"Updated:  {time_text(state.update_time) or '-'} ({age(state.update_time, now)} ago)")
+    out()
+    out(execution_table(state.executions, now))
+    return EXIT_OK
