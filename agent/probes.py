@@ -128,9 +128,15 @@ async def _plain_http_status(url: str, timeout_s: float) -> int:
     async with asyncio.timeout(timeout_s), _connected(parts.hostname, parts.port or 80) as sock:
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(sock, request.encode())
-        status_line = await loop.sock_recv(sock, 64)  # e.g. b"HTTP/1.1 200 OK\r\n..."
+        status_line = b""
+        # A server may split its answer anywhere: read until the status line is whole (or 64 bytes, or EOF).
+        while b"\r\n" not in status_line and len(status_line) < 64:
+            chunk = await loop.sock_recv(sock, 64 - len(status_line))
+            if not chunk:
+                break
+            status_line += chunk
     version, _, rest = status_line.decode("latin-1").partition(" ")
-    if not version.startswith("HTTP/") or not rest[:3].isdigit():
+    if not (version.startswith("HTTP/") and rest[:3].isdigit() and rest[3:4] in (" ", "\r")):
         raise ValueError(f"not an HTTP response: {status_line[:40]!r}")
     return int(rest[:3])
 
