@@ -473,6 +473,22 @@ def spawn_once() -> float:
     return elapsed
 
 
+def supervised_spawn_once() -> float:
+    """The least a supervised spawn can cost: a shell that forks the workload and reports its pid."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", 'sleep 30 & echo "$!"'], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    elapsed = time.perf_counter() - started
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.stdout.close()
+    proc.wait()
+    assert line.strip().isdigit()
+    return elapsed
+
+
 def fsync_once(fd: int, record: bytes) -> float:
     started = time.perf_counter()
     os.write(fd, record)
@@ -486,6 +502,14 @@ class Floor:
     b_to_a: list[float]
     spawn: list[float]
     fsync: list[float]
+    supervised_spawn: list[float]
+
+    @property
+    def supervised(self) -> float:
+        """A reference, not the target's floor: what an agent that keeps exit codes across its own
+        crashes must pay at least (a supervisor's fork/exec and report, and two durable commits: the
+        decision to spawn is recorded before the spawn, the spawn before `validating` is published)."""
+        return self.mqtt + statistics.median(self.supervised_spawn) + 2 * statistics.median(self.fsync)
 
     @property
     def mqtt(self) -> float:
@@ -523,7 +547,8 @@ async def measure_floor(broker: Broker, workdir: Path, samples: int, payload_siz
         fsync = [fsync_once(fd, record) for _ in range(samples)]
     finally:
         os.close(fd)
-    return Floor(a_to_b, b_to_a, spawn, fsync)
+    supervised = [supervised_spawn_once() for _ in range(samples)]
+    return Floor(a_to_b, b_to_a, spawn, fsync, supervised)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -564,6 +589,11 @@ class Result:
             },
             "ratio": round(median / floor.total, 2),
             "target_ratio": 2.0,
+            "supervised_floor_ms": {
+                "median": round(floor.supervised * 1000, 3),
+                "supervised_spawn": summary_ms(floor.supervised_spawn),
+            },
+            "ratio_to_supervised_floor": round(median / floor.supervised, 2),
         }
 
 
@@ -588,6 +618,10 @@ def render(figures: dict[str, Any]) -> str:
         f" + {ms(floor['mqtt_b_to_a']['median'])}, spawn {ms(floor['spawn']['median'])},"
         f" fsync {ms(floor['fsync']['median'])}]",
         f"ratio {figures['ratio']:.2f} (target <= {figures['target_ratio']:.0f})",
+        f"reference: supervised floor (2 x mqtt + sh supervisor reporting a pid + 2 fsyncs)   median "
+        f"{ms(figures['supervised_floor_ms']['median'])} ms  [supervised spawn "
+        f"{ms(figures['supervised_floor_ms']['supervised_spawn']['median'])}]   "
+        f"ratio {figures['ratio_to_supervised_floor']:.2f}",
     ]
     return "\n".join(lines)
 

@@ -91,15 +91,16 @@ class ProcessExecutor:
             run_dir.mkdir(parents=True, exist_ok=True)
             for stale in (run_dir / f"pid-{attempt}", run_dir / f"exit-{attempt}"):
                 stale.unlink(missing_ok=True)
-            supervisor = subprocess.Popen(
-                ["/bin/sh", _supervisor_script(), str(run_dir), str(attempt), *spec.command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=(run_dir / "supervisor.log").open("ab"),
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
+            with (run_dir / "supervisor.log").open("ab") as supervisor_log:
+                supervisor = subprocess.Popen(
+                    ["/bin/sh", _supervisor_script(), str(run_dir), str(attempt), *spec.command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=supervisor_log,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise SpawnError(f"cannot start the supervisor: {exc}") from exc
         assert supervisor.stdout is not None
