@@ -102,7 +102,6 @@ class Agent:
             task = tasks.create_task(coro, name=name)
             task.add_done_callback(run_forever(name))
             self._tasks.append(task)
-        await asyncio.sleep(0)  # let the runtime start its clock before anything is queued
         self.runtime.node_event(
             "agent_started", agent_version=__version__, started_at=rfc3339(self.started_at)
         )

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -41,18 +41,7 @@ ObservedStateType = Literal[
     "stopping",
     "stopped",
 ]
-OBSERVED_STATES: tuple[ObservedStateType, ...] = (
-    "pending",
-    "starting",
-    "validating",
-    "running",
-    "degraded",
-    "completed",
-    "failed",
-    "lost",
-    "stopping",
-    "stopped",
-)
+OBSERVED_STATES: tuple[ObservedStateType, ...] = get_args(ObservedStateType)
 
 
 def _check_id(value: str) -> str:

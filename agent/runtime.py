@@ -86,7 +86,7 @@ class Runtime:
         self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: asyncio.TaskGroup | None = None
-        self._clock: Clock | None = None
+        self.clock = Clock(asyncio.get_running_loop())  # created inside the agent's loop
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
         self.observers: list[Callable[[Decided], None]] = []
@@ -106,11 +106,6 @@ class Runtime:
                     "a removed agent.db-wal or a restored old copy. Restore the database, or stop the workload "
                     "and remove its directory, then start the agent again."
                 )
-
-    @property
-    def clock(self) -> Clock:
-        assert self._clock is not None, "the runtime is not running"
-        return self._clock
 
     def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
@@ -135,7 +130,6 @@ class Runtime:
         self.outbox.changed()
 
     async def run(self) -> None:
-        self._clock = Clock(asyncio.get_running_loop())
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -156,7 +150,15 @@ class Runtime:
                 node_id=self.topics.node_id,
                 revision=self.store.high_water(execution_id),
             )
-        new, actions = decide(state, event, self.clock.now())
+        try:
+            new, actions = decide(state, event, self.clock.now())
+        except Exception:
+            # A bug in a rule must not take every other workload down, nor crash-loop the agent on a
+            # retained document that comes back at every start: report it and leave the state as it is.
+            self.log.exception(
+                "decision failed; event dropped", execution=execution_id, cause=type(event).__name__
+            )
+            return
         tells = [a for a in actions if isinstance(a, Tell)]
         try:
             if new == state and not actions:
