@@ -12,7 +12,7 @@ import json
 import random
 import signal
 import sqlite3
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -221,5 +221,68 @@ async def test_broker_restarts_and_kills_lose_nothing(broker: Broker, tmp_path: 
                 assert len(payloads) == 1, f"{execution_id}: revision {number} has different documents"
             states = [_json(next(iter(p)))["observed_state"]["state_type"] for p in by_revision.values()]
             assert "lost" not in states
+    finally:
+        agent.kill()
+
+
+async def test_updates_and_rollbacks_under_kill_9_happen_exactly_once(broker: Broker, tmp_path: Path) -> None:
+    """Hand-overs and rollbacks go through the durable mailbox: random kills neither lose nor repeat one."""
+    pairs = 8
+    rng = random.Random(77)
+    agent = AgentProcess(broker, tmp_path / "agent")
+    try:
+        async with Probe(broker.host, broker.port) as probe:
+            await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
+            agent.start()
+            for i in range(pairs):
+                await probe.publish(
+                    desired_topic(NODE, f"p{i}"), desired(f"p{i}", command=["sleep", "600"]), retain=True
+                )
+            for i in range(pairs):
+                await probe.wait_for(
+                    lambda m, i=i: (
+                        m.topic == status_topic(NODE, f"p{i}")
+                        and m.json()["observed_state"]["state_type"] == "running"
+                    ),
+                    what=f"p{i} running",
+                )
+            for i in range(pairs):
+                update = desired(f"n{i}", command=["sh", "-c", f"sleep 0.{2 + i}; exit 3"], window_s=30)
+                update["previous_execution_id"] = f"p{i}"
+                await probe.publish(desired_topic(NODE, f"n{i}"), update, retain=True)
+            for _ in range(10):
+                await asyncio.sleep(rng.uniform(0.05, 0.6))  # chaos timing, not synchronisation
+                agent.kill()
+                await asyncio.sleep(rng.choice([0.0, 0.3]))
+                agent.start()
+
+            def settled() -> bool:
+                now = latest(probe)
+                return all(
+                    now.get(f"p{i}", {}).get("observed_state", {}).get("state_type") == "running"
+                    and (now[f"p{i}"]["details"].get("rollback") or {}).get("from") == f"n{i}"
+                    and now.get(f"n{i}", {}).get("details", {}).get("rolled_back_to") == f"p{i}"
+                    for i in range(pairs)
+                )
+
+            await wait_until(settled, timeout=60, what="every update failed and rolled back")
+            seen = statuses_by_execution(probe.messages)
+            for execution_id, revisions in seen.items():
+                numbers = sorted(revisions)
+                assert numbers == list(range(1, numbers[-1] + 1)), (
+                    f"{execution_id}: gap in revisions {numbers}"
+                )
+                assert all(len(p) == 1 for p in revisions.values()), f"{execution_id}: a revision differs"
+            rollbacks = {
+                m.payload
+                for m in probe.messages_on(f"reconcile/v1/nodes/{NODE}/events")
+                if m.json()["type"] == "rollback"
+            }
+            by_target = Counter(_json(p)["execution_id"] for p in rollbacks)
+            assert by_target == {f"p{i}": 1 for i in range(pairs)}, by_target
+            for i in range(pairs):
+                history = [_json(next(iter(seen[f"p{i}"][n]))) for n in sorted(seen[f"p{i}"])]
+                pids = {d["compute_reference"] for d in history if d["compute_reference"]}
+                assert len(pids) == 2, f"p{i}: the original process and one rollback, not {pids}"
     finally:
         agent.kill()
