@@ -23,6 +23,7 @@ from agent.core.events import (
     DesiredReceived,
     DesiredRejected,
     Event,
+    ProbeResult,
     ProcessExited,
     ProcessStarted,
     SpawnFailed,
@@ -78,10 +79,11 @@ KNOWN_BUGS = {
 }
 
 SPECS = st.builds(
-    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s: (
+    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s, probe: (
         Spec.model_validate(
             {
                 "command": command,
+                "probe": probe,
                 "restart": {
                     "policy": policy,
                     "max_restarts": max_restarts,
@@ -101,6 +103,7 @@ SPECS = st.builds(
     window_s=st.sampled_from([0.0, 1.0, 5.0]),
     deadline_s=st.sampled_from([2.0, 8.0, 30.0]),
     grace_s=st.sampled_from([0.0, 2.0]),
+    probe=st.sampled_from([None, {"tcp": {"port": 8080}, "period_s": 1.0, "failure_threshold": 2}]),
 )
 
 
@@ -375,6 +378,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.apply(ProcessExited(attempt, code))
         held = self.held()
         assert held is None or held.process is None
+
+    @precondition(lambda self: self.process is not None)
+    @rule(ok=st.booleans(), stale=st.booleans())
+    def probe_reports(self, ok: bool, stale: bool) -> None:
+        assert self.process is not None
+        before = self.held()
+        attempt = self.process.attempt + (1 if stale else 0)
+        self.apply(ProbeResult(attempt, ok, "checked"))
+        held = self.held()
+        assert held is not None
+        if stale or before is None or before.spec is None or before.spec.probe is None:
+            assert held == before, "a probe result for another attempt or without a probe changes nothing"
+        if not ok and before is not None and before.in_window:
+            assert held.stable_at == before.stable_at, "a failed check never makes a run stable"
 
     @rule(
         kind=st.sampled_from(["started", "exited", "spawn_failed", "spawn_lost", "timer"]),
