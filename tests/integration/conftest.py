@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import kill_group
+from tests.support.mqtt import Probe
 
 
 def kill_workloads(state_dir: Path) -> None:
@@ -17,6 +18,13 @@ def kill_workloads(state_dir: Path) -> None:
             kill_group(int(pid_file.read_text()))
         except (OSError, ValueError):
             continue
+
+
+@pytest.fixture
+async def watching(probe: Probe) -> Probe:
+    """The probe, subscribed to every node's topics: another node's traffic must stay there, visibly."""
+    await probe.subscribe("reconcile/v1/nodes/#")
+    return probe
 
 
 @pytest.fixture

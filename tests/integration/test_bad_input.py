@@ -35,12 +35,6 @@ BAD = "bad"
 SMALL_LIMIT = 1024
 
 
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe("reconcile/v1/nodes/#")  # every node: another node's traffic must stay there
-    return probe
-
-
 def rejections(probe: Probe, execution_id: str | None, node: str = NODE) -> list[dict[str, Any]]:
     """Distinct rejection events: delivery is at least once, so an exact copy is the same event."""
     payloads = dict.fromkeys(

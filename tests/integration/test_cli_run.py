@@ -51,12 +51,6 @@ def new_agent(broker: Broker, tmp_path: Path, agents: list[AgentProcess]) -> Age
     return agent
 
 
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
-
-
 def is_node_state(state: str) -> Any:
     def check(m: Message) -> bool:
         return m.topic == node_topic(NODE) and bool(m.payload) and m.json()["state"] == state

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.support.agent import (
     StatusLog,
     config_for,
@@ -23,12 +21,6 @@ from tests.support.mqtt import Probe
 from tests.support.wait import wait_until
 
 NODE = "node-1"
-
-
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
 
 
 async def test_batch_job_runs_to_completion_with_every_state_its_own_revision(

@@ -35,12 +35,6 @@ NODE = "node-1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
-
-
 def with_metrics(config: AgentConfig, port: int) -> AgentConfig:
     return config.model_copy(update={"metrics": MetricsConfig(address=f"127.0.0.1:{port}")})
 

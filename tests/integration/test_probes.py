@@ -16,21 +16,21 @@ import signal
 import socket
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
-
-import pytest
 
 from tests.support.agent import (
     StatusLog,
     config_for,
     desired,
     desired_topic,
+    message,
     pid_alive,
     pid_of,
     running_agent,
     sleeper,
+    state,
+    ts,
 )
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
@@ -39,24 +39,6 @@ from tests.support.wait import wait_until
 NODE = "node-1"
 WAIT = 20.0  # generous: these tests must pass on a loaded two-core machine
 TOLERANCE = 0.01  # published times have microseconds; allow for rounding only
-
-
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
-def state(document: dict[str, Any]) -> str:
-    return str(document["observed_state"]["state_type"])
-
-
-def message(document: dict[str, Any]) -> str:
-    return str(document["observed_state"]["message"])
 
 
 def probed(

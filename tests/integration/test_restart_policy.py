@@ -9,12 +9,9 @@ early), so only a lower bound is asserted there.
 
 from __future__ import annotations
 
-from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.agent import (
     StatusLog,
@@ -22,10 +19,13 @@ from tests.support.agent import (
     desired,
     desired_topic,
     events_topic,
+    message,
     pid_alive,
     pid_of,
     running_agent,
     sleeper,
+    state,
+    ts,
 )
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
@@ -33,25 +33,6 @@ from tests.support.wait import wait_until
 
 NODE = "node-1"
 WAIT = 20.0  # generous: these tests must pass on a loaded two-core machine
-
-
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
-
-
-def ts(value: str) -> float:
-    """Epoch seconds of an RFC 3339 time the agent published."""
-    return datetime.fromisoformat(value).timestamp()
-
-
-def state(document: dict[str, Any]) -> str:
-    return str(document["observed_state"]["state_type"])
-
-
-def message(document: dict[str, Any]) -> str:
-    return str(document["observed_state"]["message"])
 
 
 def restart_events(probe: Probe, execution_id: str) -> list[dict[str, Any]]:

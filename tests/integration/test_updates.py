@@ -17,8 +17,6 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.agent import (
     AgentProcess,
     StatusLog,
@@ -40,12 +38,6 @@ NODE = "node-1"
 FAILING = ["sh", "-c", "sleep 0.3; exit 3"]  # an update that fails long before its window (5 s) passes
 WINDOW_S = 0.3
 TIMEOUT = 20.0
-
-
-@pytest.fixture
-async def watching(probe: Probe) -> Probe:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
-    return probe
 
 
 # --- Helpers ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,19 @@ class StatusLog:
         message = await self.probe.wait_for(check, timeout, what=what or self.topic)
         document: dict[str, Any] = message.json()
         return document
+
+
+def ts(value: str) -> float:
+    """Epoch seconds of an RFC 3339 time the agent published."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+def state(document: dict[str, Any]) -> str:
+    return str(document["observed_state"]["state_type"])
+
+
+def message(document: dict[str, Any]) -> str:
+    return str(document["observed_state"]["message"])
 
 
 def pid_alive(pid: int) -> bool:
