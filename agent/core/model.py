@@ -20,8 +20,8 @@ class _Frozen(BaseModel):
 class ProcessRef(_Frozen):
     """A running workload and the supervisor that reaps it.
 
-    Start times (seconds since the epoch, as the kernel reports them) guard against a recycled pid:
-    a process is only ours if both pid and start time match.
+    Start times (seconds since boot, in the kernel's clock ticks: immune to wall-clock steps) guard
+    against a recycled pid: a process is only ours if both pid and start time match.
     """
 
     attempt: int

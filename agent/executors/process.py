@@ -33,7 +33,9 @@ TAIL_BYTES = 4096
 SPAWN_TIMEOUT_S = 10.0
 # Environment variables a workload inherits from the agent; everything else comes from its spec.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
-_START_TIME_TOLERANCE_S = 0.05
+_START_TIME_TOLERANCE_S = 0.005  # start times are whole clock ticks (10 ms): equal, or another process
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PID_FILE_SLACK_S = 0.05  # wall-clock start times are only as fine as a clock tick
 
 
 class SpawnError(Exception):
@@ -52,15 +54,22 @@ def _supervisor_script() -> str:
 
 
 def start_time(pid: int) -> float | None:
-    """The kernel's start time of ``pid`` in epoch seconds, or None if there is no such process."""
+    """When ``pid`` started, in seconds since boot as the kernel counts it, or None if there is no such pid.
+
+    Read from /proc/PID/stat (clock ticks since boot), not as wall-clock time: a wall-clock start time is
+    derived from the boot time, which moves whenever the clock is stepped (NTP, a resumed VM), and a
+    workload must not look like a stranger because the clock was corrected.
+    """
     try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.Error, ValueError):  # ValueError: not a valid pid at all
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except (OSError, ValueError):
         return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the command may hold spaces and parentheses
+    return int(fields[19]) / _CLOCK_TICKS  # field 22, starttime
 
 
 def is_same_process(pid: int, started: float) -> bool:
-    now = start_time(pid)
+    now = start_time(pid) if pid > 0 else None
     return now is not None and abs(now - started) < _START_TIME_TOLERANCE_S
 
 
@@ -134,24 +143,27 @@ class ProcessExecutor:
             written = pid_file.stat().st_mtime
         except (OSError, ValueError):
             return None
-        gone = ProcessRef(attempt=attempt, pid=pid, started=0.0, supervisor_pid=-1, supervisor_started=0.0)
+        gone = ProcessRef(attempt=attempt, pid=pid, started=-1.0, supervisor_pid=-1, supervisor_started=-1.0)
         try:
             workload = psutil.Process(pid)
-            started = float(workload.create_time())
             parent = workload.parent()
-            # The workload writes the pid file right after it starts: a process that started after the
-            # file was written is somebody else's that reused the pid.
-            if parent is None or started > written + _START_TIME_TOLERANCE_S:
+            # The supervisor writes the pid file right after the workload starts: a process that started
+            # after the file was written is somebody else's that reused the pid. (Wall-clock times here:
+            # the file's are; a one-off comparison is not hurt by a clock step long before.)
+            if parent is None or workload.create_time() > written + _PID_FILE_SLACK_S:
                 return gone
-            return ProcessRef(
-                attempt=attempt,
-                pid=pid,
-                started=started,
-                supervisor_pid=parent.pid,
-                supervisor_started=float(parent.create_time()),
-            )
         except psutil.Error:
             return gone
+        started, supervisor_started = start_time(pid), start_time(parent.pid)
+        if started is None or supervisor_started is None:
+            return gone
+        return ProcessRef(
+            attempt=attempt,
+            pid=pid,
+            started=started,
+            supervisor_pid=parent.pid,
+            supervisor_started=supervisor_started,
+        )
 
     def running_attempts(self) -> list[tuple[str, int, Path]]:
         """Every (execution, attempt, pid file) whose workload is alive on this machine right now."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import psutil
 import pytest
 
 from agent.core.model import ProcessRef
-from agent.executors.process import TAIL_BYTES, ProcessExecutor, SpawnError
+from agent.executors.process import TAIL_BYTES, ProcessExecutor, SpawnError, is_same_process, start_time
 from agent.protocol import Spec
 from tests.support.agent import pid_alive
 from tests.support.wait import wait_until, wait_until_sync
@@ -317,3 +319,23 @@ def test_a_fake_ref_for_a_pid_that_does_not_exist_is_never_signalled(executor: P
     ref = ProcessRef(attempt=1, pid=2**22 + 12345, started=1.0, supervisor_pid=-1, supervisor_started=0.0)
     assert executor.signal(ref, "SIGTERM") is False
     assert not executor.is_alive(ref)
+
+
+def test_start_time_is_the_kernels_and_survives_odd_command_names(tmp_path: Path) -> None:
+    # A command name may hold spaces and parentheses: the parser must split after the last ')'.
+    odd = tmp_path / "we ird) 1 2 (name"
+    odd.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    process = subprocess.Popen([str(odd), "30"])
+    try:
+        started = start_time(process.pid)
+        assert started is not None
+        # Seconds since boot, as psutil derives it (its epoch time minus the boot time).
+        assert started == pytest.approx(
+            psutil.Process(process.pid).create_time() - psutil.boot_time(), abs=0.02
+        )
+        assert is_same_process(process.pid, started)
+        assert not is_same_process(process.pid, started + 0.01)  # one clock tick off is another process
+    finally:
+        process.kill()
+        process.wait()
+    assert start_time(process.pid) is None
