@@ -20,12 +20,13 @@ import structlog
 
 from agent import __version__
 from agent.broker import BrokerStartError, embedded_broker
+from agent.client_options import client_settings
 from agent.config import AgentConfig, ConfigError
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
 from agent.metrics import Metrics
-from agent.mqtt import MqttLink, client_settings
+from agent.mqtt import MqttLink
 from agent.names import id_problem
 from agent.protocol import Accepted, Deleted, Topics, parse_desired, payload_digest, rfc3339
 from agent.runtime import Outbox, Runtime, run_forever

@@ -30,7 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.config import ConfigError, parse_address
+from agent.config import parse_address
 from agent.core.actions import EmitEvent, PublishStatus
 from agent.core.events import DesiredReceived
 from agent.core.model import Absent, Execution
@@ -126,12 +126,6 @@ class Metrics:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.log = log.bind(node=agent.config.node_id)
-        self.address: tuple[str | None, int] | None = None
-        if agent.config.metrics.address is not None:
-            try:
-                self.address = parse_address(agent.config.metrics.address)
-            except ValueError as exc:
-                raise ConfigError(None, f"metrics.address: {exc}") from None
         self.registry = CollectorRegistry()
         registry = self.registry
         Info(PREFIX, "The agent: its version and node id (value always 1).", registry=registry).info(
@@ -277,7 +271,7 @@ class Metrics:
         An address that cannot be bound (in use, not local, privileged) does not stop the agent: the error
         is logged and binding is tried again every BIND_RETRY_S, while reconciliation goes on.
         """
-        host, port = parse_address(address)  # Metrics() has refused a bad one at start-up already
+        host, port = parse_address(address)  # the config refused a bad one when it was loaded
         last_error = None
         while True:
             try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ import aiomqtt
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from agent.client_options import TIMEOUT_S
 from agent.protocol import Topics, dumps
 from agent.runtime import Outbox
 from agent.store import Message, Store
@@ -28,7 +27,7 @@ from agent.tls import connect_hint
 log = structlog.get_logger("agent.mqtt")
 
 PUBLISH_BATCH = 10  # in flight at once (aiomqtt warns above 10); paho sends them in order
-PUBLISH_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = TIMEOUT_S
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 15.0
 
@@ -174,29 +173,3 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             self.log.warning("could not publish offline", error=str(exc))
-
-
-def client_settings(
-    *,
-    host: str,
-    port: int,
-    client_id: str,
-    keepalive_s: int,
-    username: str | None,
-    password: str | None,
-    tls_context: ssl.SSLContext | None,
-) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "port": port,
-        "identifier": client_id,
-        "keepalive": keepalive_s,
-        "username": username,
-        "password": password,
-        "tls_context": tls_context,
-        "protocol": aiomqtt.ProtocolVersion.V311,
-        "timeout": PUBLISH_TIMEOUT_S,
-        # Small QoS 1 packets behind an unacknowledged one wait ~40 ms for a delayed TCP ACK under Nagle:
-        # measured as 38 of 48 ms from desired to validating (bench/README.md).
-        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    }

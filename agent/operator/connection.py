@@ -7,15 +7,13 @@ the broker) and a clean session, since it keeps nothing between runs.
 from __future__ import annotations
 
 import argparse
-import socket
 import ssl
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
+from agent.client_options import client_settings
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.operator.documents import DEFAULT_MAX_PAYLOAD_BYTES
 from agent.operator.errors import EXIT_USAGE, OperatorError
@@ -24,7 +22,6 @@ from agent.protocol import DEFAULT_TOPIC_PREFIX
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
 KEEPALIVE_S = 30
-TIMEOUT_S = 10.0  # connect and every acknowledged operation
 
 
 @dataclass(frozen=True)
@@ -60,21 +57,16 @@ def resolve_target(args: argparse.Namespace) -> Target:
         tls = _tls_context(config) if config is not None else None
     except ConfigError as exc:
         raise OperatorError(exc.message, EXIT_USAGE) from None
-    # The same options as the agent's client (agent.mqtt.client_settings) but built here: importing
-    # agent.mqtt brings in the agent's runtime and store, a third of a second on every command.
-    settings: dict[str, Any] = {
-        "hostname": host,
-        "port": port,
-        "identifier": new_client_id(),
-        "keepalive": mqtt.keepalive_s if mqtt else KEEPALIVE_S,
-        "username": mqtt.username if mqtt else None,
-        "password": password,
-        "tls_context": tls,
-        "protocol": aiomqtt.ProtocolVersion.V311,
-        "clean_session": True,
-        "timeout": TIMEOUT_S,
-        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],  # no 40 ms Nagle stalls
-    }
+    settings = client_settings(
+        host=host,
+        port=port,
+        client_id=new_client_id(),
+        keepalive_s=mqtt.keepalive_s if mqtt else KEEPALIVE_S,
+        username=mqtt.username if mqtt else None,
+        password=password,
+        tls_context=tls,
+    )
+    settings["clean_session"] = True  # the CLI keeps nothing between runs
     limit = config.limits.max_payload_bytes if config is not None else DEFAULT_MAX_PAYLOAD_BYTES
     return Target(host, port, prefix, limit, settings)
 
