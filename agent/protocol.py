@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
+from agent import exec_limits
 from agent.names import id_problem
 
 DEFAULT_TOPIC_PREFIX = "reconcile/v1"
@@ -227,7 +228,39 @@ def parse_desired(execution_id: str, payload: bytes, max_bytes: int) -> Parsed:
                 + (f" (got {', '.join(kinds)})" if kinds else ""),
                 digest,
             )
+    if document.spec is not None:
+        problems = spec_problems(document.spec)
+        if problems:
+            return Rejected(document.generation, "; ".join(problems), digest)
     return Accepted(document, digest)
+
+
+def spec_problems(spec: Spec) -> list[str]:
+    """What exec, chdir or a probe would refuse in ``spec``, each naming its field (agent/exec_limits.py)."""
+    problems = [
+        *exec_limits.argv_problems("spec.command", spec.command),
+        *exec_limits.env_problems("spec.env", spec.env),
+    ]
+    if spec.working_dir is not None:
+        problem = exec_limits.working_dir_problem(spec.working_dir)
+        if problem is not None:
+            problems.append(f"spec.working_dir: {problem}")
+    if not problems and (size := exec_limits.exec_size(spec.command, spec.env)) > exec_limits.EXEC_BYTES_MAX:
+        problems.append(
+            f"spec.command and spec.env: {size} bytes of arguments and environment; "
+            f"at most {exec_limits.EXEC_BYTES_MAX} can be passed to a workload"
+        )
+    probe = spec.probe
+    if probe is not None and probe.exec is not None:
+        problems += exec_limits.argv_problems("spec.probe.exec.command", probe.exec.command)
+    for path, text in (
+        ("spec.probe.http.url", probe.http.url if probe is not None and probe.http is not None else None),
+        ("spec.probe.tcp.host", probe.tcp.host if probe is not None and probe.tcp is not None else None),
+    ):
+        problem = None if text is None else exec_limits.string_problem(text)
+        if problem is not None:
+            problems.append(f"{path}: {problem}")
+    return problems
 
 
 def describe_validation_error(exc: ValidationError) -> str:

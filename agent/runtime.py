@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from agent import mailbox
 from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn, Tell
@@ -29,6 +30,8 @@ from agent.store import Message, Store, StoreError
 
 log = structlog.get_logger("agent.runtime")
 STORE_RETRY_S = 1.0
+EFFECT_RETRY_MIN_S = 0.1
+EFFECT_RETRY_MAX_S = 5.0
 
 
 class Clock:
@@ -195,7 +198,14 @@ class Runtime:
         for action in actions:
             self._carry_out(action, bound)
         self._schedule(execution_id, new)
-        self.prober.sync(new)
+        self._sync_probe(new)
+
+    def _sync_probe(self, state: Execution | Absent) -> None:
+        try:
+            self.prober.sync(state)
+        except Exception:
+            # Without its probe a run never passes validation: its deadline fails it, so it cannot hang.
+            self.log.exception("cannot start or stop a probe", execution=state.execution_id)
 
     def _message(self, action: Action) -> Message | None:
         match action:
@@ -211,11 +221,21 @@ class Runtime:
         match action:
             case Spawn(execution_id=eid, attempt=attempt):
                 self._background(self._spawn(action), f"spawn:{eid}:{attempt}")
-            case Signal(ref=ref, signal=name):
-                delivered = self.executor.signal(ref, name)
+            case Signal(execution_id=eid, ref=ref, signal=name):
+                try:
+                    delivered = self.executor.signal(ref, name)
+                except Exception as exc:
+                    # Undelivered is not delivered: the stop waits on the workload's exit, so try again.
+                    bound.warning("cannot signal; retrying", signal=name, pid=ref.pid, error=repr(exc))
+                    self._background(self._signal_retrying(eid, ref, name), f"signal:{eid}:{ref.attempt}")
+                    return
                 bound.info("signal", signal=name, pid=ref.pid, delivered=delivered)
             case Forget(execution_id=eid):
-                self.executor.remove(eid)
+                try:
+                    self.executor.remove(eid)
+                except Exception as exc:  # its files stay behind; nothing waits on them
+                    bound.error("cannot remove the execution's files", error=repr(exc))
+                    return
                 bound.info("forgotten")
 
     def _schedule(self, execution_id: str, state: Execution | Absent) -> None:
@@ -251,22 +271,42 @@ class Runtime:
         except SpawnError as exc:
             self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, str(exc)))
             return
+        except Exception as exc:
+            # Whatever a spawn raises resolves its attempt: an execution must never wait in `starting`
+            # for a report that will not come (the executor's contract says SpawnError, but a thread
+            # that cannot be started, say, raises RuntimeError before the executor runs at all).
+            self.log.exception("spawn failed unexpectedly", execution=spawn.execution_id)
+            self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, f"{type(exc).__name__}: {exc}"))
+            return
         self.submit(spawn.execution_id, ProcessStarted(ref))
         await self._watch(spawn.execution_id, ref)
 
     async def _watch(self, execution_id: str, ref: ProcessRef) -> None:
-        await self.executor.wait(ref)
-        outcome = self.executor.outcome(execution_id, ref.attempt)
+        """Report how ``ref`` ended. What fails on the way is tried again: the exit will come, and an
+        error (out of descriptors, say) is never evidence that the workload ended or how."""
+        async for attempt in _persistently():
+            with attempt:
+                await self.executor.wait(ref)
+                outcome = self.executor.outcome(execution_id, ref.attempt)
         self.submit(
             execution_id, ProcessExited(ref.attempt, outcome.exit_code, outcome.stdout, outcome.stderr)
         )
+
+    async def _signal_retrying(self, execution_id: str, ref: ProcessRef, name: str) -> None:
+        async for attempt in _persistently():
+            with attempt:
+                current = self.executions.get(execution_id)
+                if current is None or current.process != ref:
+                    return  # that workload has been accounted for meanwhile
+                delivered = self.executor.signal(ref, name)
+        self.log.info("signal", execution=execution_id, signal=name, pid=ref.pid, delivered=delivered)
 
     def _recover(self) -> None:
         """Re-adopt what the agent had started before it stopped, and account for what ended meanwhile."""
         for seq, recipient, text in self.store.mail():  # decided before the stop, not yet acted on
             self.submit(recipient, mailbox.decode(text), seq)
         for execution_id, execution in self.executions.items():
-            self.prober.sync(execution)
+            self._sync_probe(execution)
             self._schedule(execution_id, execution)
             ref = execution.process
             if ref is None and execution.spawn_pending:
@@ -280,6 +320,21 @@ class Runtime:
             bound = self.log.bind(execution=execution_id, revision=execution.revision, pid=ref.pid)
             bound.info("re-adopting" if self.executor.is_alive(ref) else "ended while the agent was away")
             self._background(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
+
+
+def _persistently() -> AsyncRetrying:
+    """Retry forever with capped backoff, logging each failure: for effects whose outcome must come."""
+
+    def logged(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("effect failed; trying again", error=repr(error), attempt=state.attempt_number)
+
+    return AsyncRetrying(
+        wait=wait_exponential(multiplier=EFFECT_RETRY_MIN_S, max=EFFECT_RETRY_MAX_S),
+        retry=retry_if_exception_type(Exception),
+        before_sleep=logged,
+        reraise=True,
+    )
 
 
 def run_forever(name: str) -> Callable[[Any], None]:

@@ -153,8 +153,8 @@ def _last_bytes(path: Path, limit: int) -> bytes:
             size = stream.seek(0, os.SEEK_END)
             stream.seek(max(0, size - limit))
             return stream.read(limit)
-    except OSError:
-        return b""
+    except FileNotFoundError:
+        return b""  # out of descriptors or an I/O error is not an empty log: those raise
 
 
 def _why(exc: OSError) -> str:

@@ -13,6 +13,7 @@ Contracts (each is relied on by the runtime and tested in tests/integration/test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import shutil
@@ -35,11 +36,20 @@ SPAWN_TIMEOUT_S = 10.0
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 _START_TIME_TOLERANCE_S = 0.005  # start times are whole clock ticks (10 ms): equal, or another process
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PID_FILE_SLACK_S = 0.05  # wall-clock start times are only as fine as a clock tick
+_PID_FILE_SLACK_S = 0.05
+WATCH_POLL_MIN_S = 0.1  # while a workload cannot be watched through a pidfd (out of descriptors)
+WATCH_POLL_MAX_S = 2.0  # wall-clock start times are only as fine as a clock tick
 
 
 class SpawnError(Exception):
     """The workload could not be started; the message says why in terms of its spec."""
+
+
+class ProcessTableError(OSError):
+    """/proc could not be read (out of file descriptors, say): whether the process lives is unknown.
+
+    Never evidence that a workload ended: only a missing /proc entry is.
+    """
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,10 @@ def start_time(pid: int) -> float | None:
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (OSError, ValueError):
-        return None
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # no such process: the only answer that means it is gone
+    except OSError as exc:
+        raise ProcessTableError(exc.errno, f"cannot read /proc/{pid}/stat: {exc.strerror}") from exc
     fields = stat[stat.rindex(b")") + 2 :].split()  # the command may hold spaces and parentheses
     return int(fields[19]) / _CLOCK_TICKS  # field 22, starttime
 
@@ -88,10 +100,23 @@ class ProcessExecutor:
         return await asyncio.to_thread(self._spawn, execution_id, attempt, spec)
 
     def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
+        try:
+            return self._start(execution_id, attempt, spec)
+        except SpawnError:
+            raise
+        except Exception as exc:  # the contract: whatever goes wrong, the caller gets a SpawnError
+            raise SpawnError(f"cannot start the workload: {type(exc).__name__}: {exc}") from exc
+
+    def _start(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | spec.env
         cwd = spec.working_dir
-        if cwd is not None and not Path(cwd).is_dir():
-            raise SpawnError(f"working_dir {cwd!r} is not a directory")
+        if cwd is not None:
+            try:
+                is_dir = Path(cwd).is_dir()
+            except (OSError, ValueError) as exc:  # too long, a NUL byte
+                raise SpawnError(f"working_dir {cwd[:200]!r} cannot be used: {exc}") from exc
+            if not is_dir:
+                raise SpawnError(f"working_dir {cwd!r} is not a directory")
         program = spec.command[0]
         if shutil.which(program, path=env.get("PATH")) is None:
             raise SpawnError(f"command {program!r} was not found or is not executable")
@@ -112,24 +137,22 @@ class ProcessExecutor:
                 )
         except OSError as exc:
             raise SpawnError(f"cannot start the supervisor: {exc}") from exc
-        assert supervisor.stdout is not None
-        with supervisor.stdout:
-            ready, _, _ = select.select([supervisor.stdout], [], [], SPAWN_TIMEOUT_S)
-            line = supervisor.stdout.readline() if ready else b""
+        pid: int | None = None
         try:
-            pid = int(line)
-        except ValueError:
-            supervisor.kill()
-            supervisor.wait()
-            raise SpawnError(f"the supervisor did not report the workload's pid (got {line!r})") from None
+            pid = _read_pid(supervisor)
+            ref = ProcessRef(
+                attempt=attempt,
+                pid=pid,
+                started=start_time(pid) or 0.0,
+                supervisor_pid=supervisor.pid,
+                supervisor_started=start_time(supervisor.pid) or 0.0,
+            )
+        except BaseException:
+            # Nothing half-started may outlive a failed spawn: the caller will count it as not running.
+            _abandon(supervisor, pid)
+            raise
         self._children[supervisor.pid] = supervisor
-        return ProcessRef(
-            attempt=attempt,
-            pid=pid,
-            started=start_time(pid) or 0.0,
-            supervisor_pid=supervisor.pid,
-            supervisor_started=start_time(supervisor.pid) or 0.0,
-        )
+        return ref
 
     def find(self, execution_id: str, attempt: int) -> ProcessRef | None:
         """Rebuild the reference of an attempt whose spawn the agent did not live to record.
@@ -185,39 +208,60 @@ class ProcessExecutor:
         return is_same_process(ref.supervisor_pid, ref.supervisor_started)
 
     async def wait(self, ref: ProcessRef) -> None:
-        """Return once the supervisor of ``ref`` has exited (and been reaped, if it is our child)."""
-        if not self.is_alive(ref):
-            self._reap(ref.supervisor_pid)
-            return
-        try:
-            fd = os.pidfd_open(ref.supervisor_pid)
-        except ProcessLookupError:
-            self._reap(ref.supervisor_pid)
-            return
-        loop = asyncio.get_running_loop()
-        gone = asyncio.Event()
-        try:
-            # A pidfd becomes readable when the process exits, child of ours or not.
-            loop.add_reader(fd, gone.set)
-            if not self.is_alive(ref):  # it may have gone between the check and the pidfd
-                gone.set()
-            await gone.wait()
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        """Return once the supervisor of ``ref`` has exited (and been reaped, if it is our child).
+
+        Never blocks the event loop. Without a file descriptor to spare (EMFILE) neither a pidfd nor
+        /proc can be opened: it then polls with calls that need none (waitpid for our children, kill 0
+        for the rest) until it can watch again, and never takes "cannot look" for "has ended".
+        """
+        delay = WATCH_POLL_MIN_S
+        while True:
+            try:
+                if not self.is_alive(ref):
+                    break
+                fd = os.pidfd_open(ref.supervisor_pid)
+            except ProcessLookupError:
+                break
+            except OSError:  # EMFILE, ENFILE, ENOMEM, an unreadable /proc: look again later
+                if self._gone_without_fds(ref.supervisor_pid):
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_POLL_MAX_S)
+                continue
+            try:
+                await _readable(fd)  # a pidfd becomes readable when the process exits, child or not
+            finally:
+                os.close(fd)
+            break
         self._reap(ref.supervisor_pid)
 
-    def _reap(self, supervisor_pid: int) -> None:
-        child = self._children.pop(supervisor_pid, None)
+    def _gone_without_fds(self, supervisor_pid: int) -> bool:
+        child = self._children.get(supervisor_pid)
         if child is not None:
-            child.wait()
+            return child.poll() is not None
+        try:
+            os.kill(supervisor_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # a pid of somebody else's now: ours has gone, but is_alive will say so later
+        return False
+
+    def _reap(self, supervisor_pid: int) -> None:
+        """Collect the exit of a supervisor that is our child; never waits (it has exited by now)."""
+        child = self._children.get(supervisor_pid)
+        if child is not None and child.poll() is not None:
+            del self._children[supervisor_pid]
 
     def outcome(self, execution_id: str, attempt: int) -> Outcome:
+        """How the attempt ended; raises OSError if the exit file exists but cannot be read now."""
         run_dir = self.run_dir(execution_id)
         try:
             exit_code: int | None = int((run_dir / f"exit-{attempt}").read_text())
-        except (OSError, ValueError):
-            exit_code = None
+        except FileNotFoundError:
+            exit_code = None  # never written: the supervisor did not see its workload end
+        except ValueError:
+            exit_code = None  # written atomically, so this is damage, not a code
         return Outcome(exit_code, _tail(run_dir / "stdout.log"), _tail(run_dir / "stderr.log"))
 
     # --- stop -------------------------------------------------------------------------------------
@@ -252,6 +296,41 @@ class ProcessExecutor:
             shutil.rmtree(self.run_dir(execution_id), ignore_errors=True)
         for path in self.root.glob(".removing-*"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(fd, ready.set)
+    try:
+        await ready.wait()
+    finally:
+        loop.remove_reader(fd)
+
+
+def _read_pid(supervisor: subprocess.Popen[bytes]) -> int:
+    """The workload's pid, the supervisor's first line. poll(), not select(): fds may be above 1023."""
+    assert supervisor.stdout is not None
+    with supervisor.stdout:
+        poller = select.poll()
+        poller.register(supervisor.stdout, select.POLLIN)
+        ready = poller.poll(SPAWN_TIMEOUT_S * 1000)
+        line = supervisor.stdout.readline() if ready else b""
+    try:
+        return int(line)
+    except ValueError:
+        raise SpawnError(f"the supervisor did not report the workload's pid (got {line!r})") from None
+
+
+def _abandon(supervisor: subprocess.Popen[bytes], pid: int | None) -> None:
+    """Kill a half-started workload and its supervisor, and reap the supervisor (a worker thread's job)."""
+    if pid is not None:
+        for kill in (os.killpg, os.kill):  # its own group once it reached setsid, else the pid alone
+            with contextlib.suppress(OSError):
+                kill(pid, signals.SIGKILL)
+    with contextlib.suppress(OSError):
+        supervisor.kill()
+    supervisor.wait()
 
 
 def _tail(path: Path) -> Tail:

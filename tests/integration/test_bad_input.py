@@ -152,6 +152,39 @@ CASES: dict[str, tuple[bytes, int | None, tuple[str, ...]]] = {
         1,
         ("previous_execution_id", "'#'"),
     ),
+    # What exec or chdir would refuse is refused on arrival, naming the field (agent/exec_limits.py).
+    "nul-in-command": (encoded(with_spec(command=["sleep", "1\0"])), 1, ("spec.command[1]", "NUL")),
+    "nul-in-env-value": (encoded(with_spec(env={"A": "x\0y"})), 1, ("spec.env['A']", "NUL")),
+    "nul-in-env-name": (encoded(with_spec(env={"A\0B": "x"})), 1, ("spec.env", "NUL")),
+    "empty-env-name": (encoded(with_spec(env={"": "x"})), 1, ("spec.env", "empty")),
+    "equals-in-env-name": (encoded(with_spec(env={"A=B": "x"})), 1, ("spec.env['A=B']", "'='")),
+    "lone-surrogate-in-command": (
+        encoded(with_spec(command=["echo", "\ud800"])),
+        1,
+        ("spec.command[1]", "surrogate"),
+    ),
+    "argument-too-long": (
+        encoded(with_spec(command=["echo", "x" * 140_000])),
+        1,
+        ("spec.command[1]", "131071"),
+    ),
+    "relative-working-dir": (encoded(with_spec(working_dir="tmp")), 1, ("spec.working_dir", "absolute")),
+    "overlong-working-dir": (
+        encoded(with_spec(working_dir="/" + "a/" * 2500)),
+        1,
+        ("spec.working_dir", "4095"),
+    ),
+    "overlong-working-dir-component": (
+        encoded(with_spec(working_dir="/" + "a" * 300)),
+        1,
+        ("spec.working_dir", "255"),
+    ),
+    "nul-in-working-dir": (encoded(with_spec(working_dir="/tmp\0")), 1, ("spec.working_dir", "NUL")),
+    "nul-in-probe-command": (
+        encoded(with_spec(probe={"exec": {"command": ["true\0"]}})),
+        1,
+        ("spec.probe.exec.command[0]", "NUL"),
+    ),
 }
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,14 @@ import psutil
 import pytest
 
 from agent.core.model import ProcessRef
-from agent.executors.process import TAIL_BYTES, ProcessExecutor, SpawnError, is_same_process, start_time
+from agent.executors.process import (
+    TAIL_BYTES,
+    ProcessExecutor,
+    ProcessTableError,
+    SpawnError,
+    is_same_process,
+    start_time,
+)
 from agent.protocol import Spec
 from tests.support.agent import pid_alive
 from tests.support.wait import wait_until, wait_until_sync
@@ -339,3 +350,66 @@ def test_start_time_is_the_kernels_and_survives_odd_command_names(tmp_path: Path
         process.kill()
         process.wait()
     assert start_time(process.pid) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"command": ["sleep\0", "1"]}, "not found"),
+        ({"command": ["echo", "\ud800"]}, "surrogate"),
+        ({"command": ["true"], "env": {"A=B": "1"}}, "environment variable"),
+        ({"command": ["true"], "env": {"A": "\0"}}, "null byte"),
+        ({"command": ["true"], "working_dir": "/" + "a" * 300}, "working_dir"),
+        ({"command": ["true"], "working_dir": "/tmp\0"}, "working_dir"),
+    ],
+    ids=["nul-argv0", "surrogate", "equals-in-env-name", "nul-in-env", "long-cwd", "nul-in-cwd"],
+)
+async def test_a_spec_the_os_refuses_fails_the_spawn_with_spawn_error_only(
+    executor: ProcessExecutor, fields: dict[str, Any], words: str
+) -> None:
+    """A spec stored before these were validated on arrival must still fail cleanly, never hang a spawn."""
+    bad = Spec.model_construct(**{**spec(["true"]).__dict__, **fields})
+    with pytest.raises(SpawnError, match=words):
+        await executor.spawn(EID, 1, bad)
+
+
+@contextlib.contextmanager
+def out_of_descriptors() -> Iterator[None]:
+    """Every file descriptor this process may open is open: the next open() fails with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        while True:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    raise
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_out_of_descriptors_a_workload_is_still_watched_and_never_taken_for_ended(
+    executor: ProcessExecutor,
+) -> None:
+    ref = await executor.spawn(EID, 1, spec(["sleep", "30"]))
+    with out_of_descriptors():
+        with pytest.raises(ProcessTableError, match="Too many open files"):
+            executor.is_alive(ref)  # cannot look: an error, never "it has gone"
+        with pytest.raises(SpawnError, match="Too many open files"):
+            await executor.spawn("other", 1, spec(["true"]))
+        waiting = asyncio.create_task(executor.wait(ref))
+        ticks = 0
+        for _ in range(5):  # the loop keeps turning while the watcher cannot open a pidfd
+            await asyncio.sleep(0.05)
+            ticks += 1
+        assert ticks == 5
+        assert not waiting.done(), "the watcher took 'cannot open /proc' for 'the workload ended'"
+        os.killpg(ref.pid, signal.SIGKILL)
+        await asyncio.wait_for(waiting, 10)  # seen without a descriptor: waitpid on our supervisor
+    assert executor.outcome(EID, 1).exit_code == 128 + signal.SIGKILL
