@@ -24,7 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
-from agent import exec_limits
+from agent import exec_limits, strict_json
 from agent.names import id_problem
 
 DEFAULT_TOPIC_PREFIX = "reconcile/v1"
@@ -194,9 +194,11 @@ def parse_desired(execution_id: str, payload: bytes, max_bytes: int) -> Parsed:
     if len(payload) > max_bytes:
         return Rejected(None, f"payload is {len(payload)} bytes, over the limit of {max_bytes}", digest)
     try:
-        raw = json.loads(payload)
+        raw = strict_json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Rejected(None, f"payload is not JSON: {exc}", digest)
+    except strict_json.NotAccepted as exc:
+        return Rejected(None, f"payload is not JSON we accept: {exc}", digest)
     except RecursionError:
         return Rejected(None, "payload is not JSON we accept: it nests too deeply", digest)
     if not isinstance(raw, dict):
