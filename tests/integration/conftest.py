@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import kill_group
+from tests.support import leftovers
 from tests.support.mqtt import Probe
-
-
-def kill_workloads(state_dir: Path) -> None:
-    """Workloads outlive the agent by design, so a test must clean up after them itself."""
-    for pid_file in state_dir.glob("**/executions/*/pid-*"):
-        try:
-            kill_group(int(pid_file.read_text()))
-        except (OSError, ValueError):
-            continue
 
 
 @pytest.fixture
@@ -33,4 +24,5 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        kill_workloads(tmp_path)
+        # Workloads outlive the agent by design, so a test must stop them itself.
+        leftovers.kill(leftovers.workloads_under(tmp_path))

@@ -116,9 +116,11 @@ def latest(probe: Probe) -> dict[str, dict[str, Any]]:
     return result
 
 
-async def test_kill_9_at_random_points_loses_and_repeats_nothing(broker: Broker, tmp_path: Path) -> None:
+async def test_kill_9_at_random_points_loses_and_repeats_nothing(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
     rng = random.Random(1234)
-    agent = AgentProcess(broker, tmp_path / "agent")
+    agent = AgentProcess(broker, tmp_path / "agent", state_dir=state_dir)  # its workloads stopped at teardown
     try:
         async with Probe(broker.host, broker.port) as probe:
             await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
@@ -172,9 +174,11 @@ def stored(state_dir: Path) -> tuple[dict[str, int], int]:
     return revisions, depth
 
 
-async def test_broker_restarts_and_kills_lose_nothing(broker: Broker, tmp_path: Path) -> None:
+async def test_broker_restarts_and_kills_lose_nothing(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
     rng = random.Random(99)
-    agent = AgentProcess(broker, tmp_path / "agent")
+    agent = AgentProcess(broker, tmp_path / "agent", state_dir=state_dir)  # its workloads stopped at teardown
     seen: list[Message] = []
     try:
         agent.start()
@@ -225,11 +229,13 @@ async def test_broker_restarts_and_kills_lose_nothing(broker: Broker, tmp_path: 
         agent.kill()
 
 
-async def test_updates_and_rollbacks_under_kill_9_happen_exactly_once(broker: Broker, tmp_path: Path) -> None:
+async def test_updates_and_rollbacks_under_kill_9_happen_exactly_once(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
     """Hand-overs and rollbacks go through the durable mailbox: random kills neither lose nor repeat one."""
     pairs = 8
     rng = random.Random(77)
-    agent = AgentProcess(broker, tmp_path / "agent")
+    agent = AgentProcess(broker, tmp_path / "agent", state_dir=state_dir)  # its workloads stopped at teardown
     try:
         async with Probe(broker.host, broker.port) as probe:
             await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")

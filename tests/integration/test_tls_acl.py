@@ -12,6 +12,7 @@ allowed to receive (or send), which arrives after anything the denied one could 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -25,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 import structlog
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig, ConfigError, MqttConfig, TlsConfig
 from agent.tls import connect_hint, tls_context
+from tests.support import programs
 from tests.support.agent import (
     AgentProcess,
     StatusLog,
@@ -43,9 +47,9 @@ from tests.support.agent import (
     sleeper,
     status_topic,
 )
-from tests.support.broker import REPO_ROOT, Broker, find_mosquitto
+from tests.support.broker import REPO_ROOT, Broker
 from tests.support.mqtt import Message, Probe
-from tests.support.wait import wait_until, wait_until_sync
+from tests.support.wait import wait_until_sync
 
 MOSQUITTO_DIR = REPO_ROOT / "config" / "mosquitto"
 MAKE_CERTS = MOSQUITTO_DIR / "make-certs.sh"
@@ -53,10 +57,7 @@ CONF = {"password": "mosquitto.conf", "mtls": "mosquitto-mtls.conf"}
 USERS = ("node-1", "node-2", "orchestrator")
 PREFIX = "reconcile/v1/nodes"
 
-needs_tools = pytest.mark.skipif(
-    find_mosquitto() is None or not shutil.which("openssl") or not shutil.which("mosquitto_passwd"),
-    reason="needs mosquitto, mosquitto_passwd and openssl",
-)
+needs_tools = programs.needs("mosquitto", "mosquitto_passwd", "openssl")
 
 
 # --- certificates and brokers ---------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class Pki:
 
 
 def make_certs(directory: Path, *names: str) -> None:
+    programs.require("openssl")
     subprocess.run(["sh", str(MAKE_CERTS), "-d", str(directory), *names], check=True, capture_output=True)
 
 
@@ -110,7 +112,13 @@ class TlsBroker(Broker):
             # The way docs/security.md tells an operator to make the password file.
             flags = ["-b", "-c"] if i == 0 else ["-b"]
             subprocess.run(
-                ["mosquitto_passwd", *flags, str(self.etc / "passwd"), user, password_of(user)],
+                [
+                    programs.require("mosquitto_passwd"),
+                    *flags,
+                    str(self.etc / "passwd"),
+                    user,
+                    password_of(user),
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -162,12 +170,6 @@ class TlsBroker(Broker):
             "username": name,
             "password_file": password_file,
         }
-
-    def mosquitto_sub_args(self, name: str) -> list[str]:
-        args = ["-h", self.host, "-p", str(self.port), "--cafile", str(self.pki.ca)]
-        if self.variant == "mtls":
-            return [*args, "--cert", str(self.pki.cert(name)), "--key", str(self.pki.key(name))]
-        return [*args, "-u", name, "-P", password_of(name)]
 
 
 class TlsProbe(Probe):
@@ -348,48 +350,58 @@ async def test_node_2_cannot_publish_as_node_1_or_write_desired_state(tls_broker
         assert [m.topic for m in late.messages] == [desired_topic("node-2", "fence")]
 
 
+def connect_and_vanish(broker: TlsBroker, name: str, client_id: str, will_topic: str, will: bytes) -> None:
+    """Connect as ``name`` with a retained QoS 1 will, then drop the connection as a crash does.
+
+    paho, not aiomqtt: the test needs the moment between CONNACK and the end of the connection in its
+    own hands, and the end must be a bare TCP close (no DISCONNECT, no TLS close_notify), which is what
+    the kernel does for a process killed with -9.
+    """
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+    credentials = broker.credentials(name)
+    client.tls_set_context(credentials["tls_context"])
+    if "username" in credentials:
+        client.username_pw_set(credentials["username"], credentials["password"])
+    client.will_set(will_topic, will, qos=1, retain=True)
+    answers: list[Any] = []
+    client.on_connect = lambda _client, _userdata, _flags, reason, _properties: answers.append(reason)
+    client.connect(broker.host, broker.port, keepalive=60)
+    wait_until_sync(lambda: client.loop(timeout=0.05) == 0 and answers, 10, what=f"CONNACK for {client_id}")
+    assert not answers[0].is_failure, answers
+    raw = client.socket()
+    assert isinstance(raw, ssl.SSLSocket), raw
+    raw.shutdown(socket.SHUT_RDWR)  # SSLSocket.shutdown drops TLS and closes TCP without a close_notify
+    raw.close()
+    wait_until_sync(
+        lambda: f"Client {client_id} closed its connection" in broker.log_tail(200),
+        10,
+        what=f"the broker noticed {client_id} gone",
+    )
+
+
 @needs_tools
 async def test_node_2_cannot_leave_a_forged_last_will_for_node_1(tls_broker: TlsBroker) -> None:
     """mosquitto accepts any will at CONNECT; the ACL is applied when it is published."""
     async with TlsProbe(tls_broker, "orchestrator") as orchestrator:
         await orchestrator.subscribe(f"{PREFIX}/+/status")
-        forger = subprocess.Popen(
-            [
-                "mosquitto_sub",
-                "-d",
-                *tls_broker.mosquitto_sub_args("node-2"),
-                "-i",
-                "forger",
-                "-t",
-                desired_topic("node-2", "+"),
-                "--will-topic",
-                node_topic("node-1"),
-                "--will-payload",
-                '{"state": "offline", "forged": true}',
-                "--will-retain",
-                "--will-qos",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
+        forged = b'{"state": "offline", "forged": true}'
+        await asyncio.to_thread(
+            connect_and_vanish, tls_broker, "node-2", "forger", node_topic("node-1"), forged
         )
-        try:
-            wait_until_sync(lambda: "as forger" in tls_broker.log_tail(200), 10, what="the forger connected")
-            forger.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker publishes the will
-            forger.wait()
-        finally:
-            forger.kill()
-            forger.wait()
-        await wait_until(
-            lambda: "Client forger closed its connection" in tls_broker.log_tail(200),
-            10,
-            what="the broker noticed the forger gone",
+        # The control and the fence: the same crash with a will on node-2's own status is published.
+        own = b'{"state": "offline", "control": true}'
+        await asyncio.to_thread(
+            connect_and_vanish, tls_broker, "node-2", "control", node_topic("node-2"), own
         )
-        async with TlsProbe(tls_broker, "node-2") as node_2:
-            await node_2.publish(node_topic("node-2"), {"state": "online"}, qos=1)
-        await orchestrator.wait_for(lambda m: m.topic == node_topic("node-2"), what="the fence")
+        await orchestrator.wait_for(
+            lambda m: m.topic == node_topic("node-2") and m.payload == own, what="the control's will"
+        )
         assert from_node(orchestrator, "node-1") == []
+    # Nor was it retained.
+    async with TlsProbe(tls_broker, "orchestrator") as late:
+        await late.subscribe(f"{PREFIX}/+/status")
+        await late.wait_for(lambda m: m.topic == node_topic("node-2") and m.retain, what="retained control")
+        assert from_node(late, "node-1") == []
 
 
 # --- certificates the agent or the broker refuses -------------------------------------------------------

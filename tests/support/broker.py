@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
 
+from tests.support.programs import PROGRAMS
 from tests.support.wait import wait_until_sync
 
 BrokerKind = Literal["mosquitto", "amqtt"]
@@ -34,7 +35,6 @@ BrokerKind = Literal["mosquitto", "amqtt"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_KIND = "RECONCILE_TEST_BROKER"
 ENV_MOSQUITTO = "RECONCILE_MOSQUITTO"  # explicit path to the mosquitto binary (set by scripts/test.sh)
-_MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
 
 # file names inside the broker's data directory
 MOSQUITTO_DB = "mosquitto.db"
@@ -46,17 +46,11 @@ class BrokerError(RuntimeError):
 
 
 def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary: $RECONCILE_MOSQUITTO, then PATH, then the usual sbin directories."""
+    """Path of the mosquitto binary: $RECONCILE_MOSQUITTO, then PATH and the sbin directories."""
     explicit = os.environ.get(ENV_MOSQUITTO)
     if explicit and os.access(explicit, os.X_OK):
         return explicit
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in _MOSQUITTO_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return PROGRAMS["mosquitto"].path()
 
 
 @functools.cache
