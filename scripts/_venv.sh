@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# Shared set-up for scripts/test.sh and scripts/run-dev.sh: a project virtualenv in .venv with
-# `pip install -e '.[dev]'`, re-installed only when pyproject.toml changed since the last install.
+# Shared set-up for scripts/test.sh and scripts/run-dev.sh: a project virtualenv in .venv holding exactly
+# the versions of requirements/dev.lock (pip --require-hashes: the files PyPI has, byte for byte), then
+# the project itself, editable. Re-installed only when the lock or pyproject.toml changed since the last
+# install. ./scripts/lock.sh refreshes the lock.
 #
 # Source it and call `ensure_venv` (from the repository root), or run it directly:
 #   bash scripts/_venv.sh
@@ -9,6 +11,7 @@
 
 VENV_DIR="${VENV_DIR:-.venv}"
 VENV_STAMP="$VENV_DIR/.reconcile-install-stamp"
+LOCK_FILE="requirements/dev.lock"
 
 _venv_log() { printf '%s\n' "$*" >&2; }
 
@@ -29,7 +32,7 @@ pick_python() {  # prints the first of python3, python3.13, python3.12, python3.
 
 _venv_hash() {
     {
-        sha256sum pyproject.toml
+        sha256sum pyproject.toml "$LOCK_FILE"
         "$VENV_DIR/bin/python" -c 'import sys; print(sys.version)'
     } | sha256sum | cut -d' ' -f1
 }
@@ -70,10 +73,20 @@ _ensure_venv_locked() {
     if [[ -f "$VENV_STAMP" && "$(cat "$VENV_STAMP")" == "$want" ]]; then
         return 0
     fi
-    _venv_log "venv: pip install -e '.[dev]' (pyproject.toml changed or first install)"
+    _venv_log "venv: installing $LOCK_FILE and the project (first install, or the lock or pyproject.toml changed)"
     rm -f "$VENV_STAMP"
-    if ! "$VENV_DIR/bin/python" -m pip install --disable-pip-version-check --no-input -q -e '.[dev]' </dev/null; then
-        _venv_log "venv: pip install -e '.[dev]' failed"
+    local pip=("$VENV_DIR/bin/python" -m pip install --disable-pip-version-check --no-input -q)
+    if ! "${pip[@]}" --require-hashes -r "$LOCK_FILE" </dev/null; then
+        _venv_log "venv: pip install --require-hashes -r $LOCK_FILE failed"
+        return 1
+    fi
+    # --no-deps: every dependency came from the lock; --no-build-isolation: so did the build backend.
+    if ! "${pip[@]}" --no-deps --no-build-isolation -e . </dev/null; then
+        _venv_log "venv: pip install --no-deps -e . failed"
+        return 1
+    fi
+    if ! "$VENV_DIR/bin/python" scripts/lock_covers.py; then
+        _venv_log "venv: $LOCK_FILE is older than pyproject.toml: run ./scripts/lock.sh (and commit the lock)"
         return 1
     fi
     printf '%s\n' "$want" >"$VENV_STAMP"
