@@ -4,9 +4,11 @@
 #   ./scripts/test.sh                  lint, type-check, import contracts, tests, then the slow tests
 #   ./scripts/test.sh tests/unit -x    same checks, then pytest with these args only (no slow step)
 #
-# On a fresh Debian/Ubuntu with Python >= 3.11 it sets itself up: .venv (pip install -e '.[dev]',
-# repeated only when pyproject.toml changes) and mosquitto (apt-get, when root). Without mosquitto the
-# tests use the embedded amqtt broker, and say so. RECONCILE_TEST_BROKER=amqtt forces the fallback.
+# On a fresh Debian/Ubuntu with Python >= 3.11 it sets itself up: .venv (requirements/dev.lock with
+# --require-hashes, then the project; repeated only when the lock or pyproject.toml changes) and, when
+# root, every program the tests run (apt-get: mosquitto, openssl, systemd, ...; tests/support/programs.py).
+# Without mosquitto the tests use the embedded amqtt broker, and say so. RECONCILE_TEST_BROKER=amqtt
+# forces the fallback.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,43 +22,45 @@ step() {
     printf '\n%s==> [%d] %s%s\n' "$BOLD" "$STEP" "$*" "$RESET"
 }
 
-find_mosquitto() {
-    command -v mosquitto 2>/dev/null && return 0
-    local candidate
-    for candidate in /usr/sbin/mosquitto /usr/local/sbin/mosquitto; do
-        if [[ -x "$candidate" ]]; then
-            printf '%s\n' "$candidate"
-            return 0
-        fi
-    done
-    return 1
+# Installs, as root with apt-get, the Debian packages of every program the tests run that is missing
+# (the registry is tests/support/programs.py), so that no test skips for a missing program. Elsewhere it
+# says which are missing: the tests that need them skip, naming them (under CI=true they fail).
+ensure_programs() {
+    local missing
+    missing="$(.venv/bin/python -m tests.support.programs missing-packages)"
+    if [[ -z "$missing" ]]; then
+        echo "programs: all installed"
+        return 0
+    fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "programs: missing packages: $missing (not root with apt-get to install them)"
+        echo "          the tests that need them skip, naming them; CI=true makes that a failure"
+        return 0
+    fi
+    echo "programs: apt-get install $missing"
+    # A fresh machine has no package lists yet; an old list may name versions the mirror no longer has.
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq </dev/null \
+        || echo "programs: apt-get update failed; trying the install with the lists there are"
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends $missing </dev/null \
+        || echo "programs: apt-get install failed"
+    missing="$(.venv/bin/python -m tests.support.programs missing-packages)"
+    if [[ -n "$missing" ]]; then
+        echo "programs: still missing: $missing; the tests that need them skip (CI=true: fail)"
+    fi
 }
 
 # Sets RECONCILE_TEST_BROKER (and RECONCILE_MOSQUITTO) and prints which broker the tests use.
 ensure_broker() {
-    local path="" why="" version
+    local path version
     if [[ "${RECONCILE_TEST_BROKER:-}" == "amqtt" ]]; then
         echo "broker: amqtt (embedded, RECONCILE_TEST_BROKER=amqtt set by the caller)"
         export RECONCILE_TEST_BROKER=amqtt
         return 0
     fi
-    if ! path="$(find_mosquitto)"; then
-        if [[ "$(id -u)" != 0 ]]; then
-            why="not installed, and not root to apt-get install it"
-        elif ! command -v apt-get >/dev/null 2>&1; then
-            why="not installed, and no apt-get"
-        else
-            echo "mosquitto not found: apt-get install mosquitto"
-            if DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq </dev/null \
-                && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq mosquitto </dev/null; then
-                path="$(find_mosquitto)" || why="apt-get installed mosquitto but the binary is not found"
-            else
-                why="apt-get update && apt-get install mosquitto failed"
-            fi
-        fi
-    fi
-    if [[ -z "$path" ]]; then
-        echo "broker: mosquitto unavailable (${why}); falling back to the embedded amqtt broker"
+    if ! path="$(.venv/bin/python -c 'from tests.support.broker import find_mosquitto; print(find_mosquitto() or "")')" \
+        || [[ -z "$path" ]]; then
+        echo "broker: mosquitto unavailable; falling back to the embedded amqtt broker"
         export RECONCILE_TEST_BROKER=amqtt
         unset RECONCILE_MOSQUITTO
         return 0
@@ -70,6 +74,9 @@ ensure_broker() {
 step "set-up: .venv"
 ensure_venv
 .venv/bin/python --version
+
+step "set-up: programs the tests run (tests/support/programs.py)"
+ensure_programs
 
 step "set-up: MQTT broker for the tests"
 ensure_broker
