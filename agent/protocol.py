@@ -197,18 +197,16 @@ def parse_desired(execution_id: str, payload: bytes, max_bytes: int) -> Parsed:
         raw = strict_json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Rejected(None, f"payload is not JSON: {exc}", digest)
-    except strict_json.NotAccepted as exc:
-        return Rejected(None, f"payload is not JSON we accept: {exc}", digest)
+    except strict_json.NotAccepted as exc:  # read all the same: its generation says whether it is stale
+        return Rejected(readable_generation(exc.value), f"payload is not JSON we accept: {exc}", digest)
     except RecursionError:
         return Rejected(None, "payload is not JSON we accept: it nests too deeply", digest)
     if not isinstance(raw, dict):
         return Rejected(None, f"payload is JSON {type(raw).__name__}, not an object", digest)
-    generation = raw.get("generation")
-    readable_generation = generation if type(generation) is int and generation >= 1 else None
     try:
         document = DesiredDocument.model_validate(raw)
     except ValidationError as exc:
-        return Rejected(readable_generation, describe_validation_error(exc), digest)
+        return Rejected(readable_generation(raw), describe_validation_error(exc), digest)
     if document.execution_id != execution_id:
         return Rejected(
             document.generation,
@@ -263,6 +261,12 @@ def spec_problems(spec: Spec) -> list[str]:
         if problem is not None:
             problems.append(f"{path}: {problem}")
     return problems
+
+
+def readable_generation(raw: Any) -> int | None:
+    """The generation of a document that cannot be accepted, if it has a valid one."""
+    generation = raw.get("generation") if isinstance(raw, dict) else None
+    return generation if type(generation) is int and generation >= 1 else None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -21,7 +21,7 @@ from agent import mailbox
 from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn, Tell
 from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, SpawnLost, TimerFired
 from agent.core.lifecycle import decide
-from agent.core.model import Absent, Execution, ProcessRef
+from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
 from agent.probes import Prober
@@ -84,6 +84,7 @@ class Runtime:
         self.executor = executor
         self.topics = topics
         self.outbox = outbox
+        # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
         self.executions: dict[str, Execution] = store.load()
         self._check_no_workload_forgotten()
         self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
@@ -148,10 +149,15 @@ class Runtime:
     def apply(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         state: Execution | Absent | None = self.executions.get(execution_id)
         if state is None:
-            state = Absent(
-                execution_id=execution_id,
-                node_id=self.topics.node_id,
-                revision=self.store.high_water(execution_id),
+            rejected_only = self.store.never_accepted(execution_id)
+            state = (
+                rejected_only.execution()
+                if rejected_only is not None
+                else Absent(
+                    execution_id=execution_id,
+                    node_id=self.topics.node_id,
+                    revision=self.store.high_water(execution_id),
+                )
             )
         try:
             new, actions = decide(state, event, self.clock.now())
@@ -168,8 +174,10 @@ class Runtime:
                 if mail_seq is not None:
                     self.store.consume(mail_seq)
                 return
+            # Bad documents under ever new ids must not grow the agent: keep those on disk, compactly.
+            rejected_only = NeverAccepted.of(new) if isinstance(new, Execution) else None
             sent = self.store.commit(
-                new,
+                rejected_only or new,
                 [m for a in actions if (m := self._message(a)) is not None],
                 [(t.execution_id, mailbox.encode(t.event)) for t in tells],
                 consumed=mail_seq,
@@ -184,7 +192,7 @@ class Runtime:
             self.submit(tell.execution_id, tell.event, seq)
         before = state.state_type if isinstance(state, Execution) else None
         after = new.state_type if isinstance(new, Execution) else None
-        if isinstance(new, Execution):
+        if isinstance(new, Execution) and rejected_only is None:
             self.executions[execution_id] = new
         else:
             self.executions.pop(execution_id, None)

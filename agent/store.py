@@ -19,11 +19,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.core.model import Absent, Execution
+from agent.core.model import Absent, Execution, NeverAccepted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS never_accepted (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revisions (execution_id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reported (key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mail (
@@ -119,15 +120,44 @@ class Store:
         self._db.execute("COMMIT")
 
     def load(self) -> dict[str, Execution]:
+        """Every execution the agent accepted; the never-accepted stay on disk (:meth:`never_accepted`).
+
+        A never-accepted execution stored whole, as agents before the never_accepted table did, is moved
+        there on the way.
+        """
         executions = {}
+        moved = []
         for execution_id, text in self._db.execute("SELECT execution_id, state FROM executions"):
             try:
-                executions[execution_id] = Execution.model_validate_json(text)
+                execution = Execution.model_validate_json(text)
             except ValidationError as exc:
                 raise StoreError(
                     f"{self.path}: stored state of {execution_id!r} is unreadable: {exc}"
                 ) from exc
+            record = NeverAccepted.of(execution)
+            if record is None:
+                executions[execution_id] = execution
+            else:
+                moved.append(record)
+        if moved:
+            try:
+                with self._transaction():
+                    for record in moved:
+                        self._put(record)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: cannot move never-accepted executions: {exc}") from exc
         return executions
+
+    def never_accepted(self, execution_id: str) -> NeverAccepted | None:
+        row = self._db.execute(
+            "SELECT state FROM never_accepted WHERE execution_id = ?", (execution_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return NeverAccepted.model_validate_json(row[0])
+        except ValidationError as exc:
+            raise StoreError(f"{self.path}: stored state of {execution_id!r} is unreadable: {exc}") from exc
 
     def high_water(self, execution_id: str) -> int:
         row = self._db.execute(
@@ -137,7 +167,7 @@ class Store:
 
     def commit(
         self,
-        state: Execution | Absent,
+        state: Execution | NeverAccepted | Absent,
         messages: Iterable[Message] = (),
         mail: Iterable[tuple[str, str]] = (),
         consumed: int | None = None,
@@ -161,13 +191,7 @@ class Store:
                     )
                     for recipient, event in mail
                 ]
-                if isinstance(state, Execution):
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO executions (execution_id, state) VALUES (?, ?)",
-                        (state.execution_id, state.model_dump_json()),
-                    )
-                else:
-                    self._db.execute("DELETE FROM executions WHERE execution_id = ?", (state.execution_id,))
+                self._put(state)
                 self._db.execute(
                     "INSERT INTO revisions (execution_id, revision) VALUES (?, ?) "
                     "ON CONFLICT (execution_id) DO UPDATE SET revision = max(revision, excluded.revision)",
@@ -177,6 +201,17 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot record {state.execution_id!r}: {exc}") from exc
         return sent
+
+    def _put(self, state: Execution | NeverAccepted | Absent) -> None:
+        """Keep ``state`` in its table and in no other (inside a transaction)."""
+        for table, kind in (("executions", Execution), ("never_accepted", NeverAccepted)):
+            if isinstance(state, kind):
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO {table} (execution_id, state) VALUES (?, ?)",
+                    (state.execution_id, state.model_dump_json()),
+                )
+            else:
+                self._db.execute(f"DELETE FROM {table} WHERE execution_id = ?", (state.execution_id,))
 
     def mail(self) -> list[tuple[int, str, str]]:
         """Every message between executions not yet acted on: (seq, recipient, encoded event), in order."""

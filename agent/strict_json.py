@@ -20,7 +20,15 @@ MAX_DEPTH = 64  # objects and arrays inside each other; a desired document needs
 
 
 class NotAccepted(ValueError):
-    """Valid enough for Python's json module, not for the agent; the message says what and where."""
+    """Valid enough for Python's json module, not for the agent; the message says what and where.
+
+    ``value`` is what was read all the same (a refused value replaced by a marker), for what can still
+    be learnt from it.
+    """
+
+    def __init__(self, message: str, value: Any) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 @dataclass(frozen=True)
@@ -40,53 +48,63 @@ def loads(payload: bytes | str) -> Any:
     def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
         if len(obj) != len(pairs):
-            twice[id(obj)] = _repeated(pairs)
+            key = _repeated(pairs)
+            del obj[key]  # which of its values was meant is anyone's guess: read as neither
+            twice[id(obj)] = key
         return obj
 
     value = json.loads(
         payload, object_pairs_hook=build, parse_constant=_constant, parse_float=_float, parse_int=_int
     )
-    _check(value, twice)
+    problem = _problem(value, twice)
+    if problem is not None:
+        raise NotAccepted(problem, value)
     return value
 
 
-def _check(root: Any, twice: dict[int, str]) -> None:
+def _problem(root: Any, twice: dict[int, str]) -> str | None:
     """The first problem anywhere in ``root``, walked without recursion (it may nest deeper than the stack)."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(root, ())]
     while stack:
         value, path = stack.pop()
         if len(path) > MAX_DEPTH:
-            _refuse(path[:MAX_DEPTH], f"nests more than {MAX_DEPTH} objects and arrays deep")
+            return _at(path[:3], f"nests more than {MAX_DEPTH} objects and arrays deep in here")
         if isinstance(value, _Refused):
-            _refuse(path, value.why)
-        elif isinstance(value, str):
-            _check_string(path, value)
-        elif isinstance(value, dict):
+            return _at(path, value.why)
+        if isinstance(value, str) and (why := _string_problem(value)) is not None:
+            return _at(path, why)
+        if isinstance(value, dict):
             if id(value) in twice:
-                _refuse((*path, twice[id(value)]), "appears twice in one object")
+                return _at((*path, twice[id(value)]), "appears twice in one object")
             for key, child in value.items():
-                _check_string((*path, key), key)
+                if (why := _string_problem(key)) is not None:
+                    return _at((*path, key), f"the name of this field: {why}")
                 stack.append((child, (*path, key)))
         elif isinstance(value, list):
             stack.extend((child, (*path, index)) for index, child in enumerate(value))
+    return None
 
 
-def _refuse(path: tuple[str | int, ...], why: str) -> None:
-    raise NotAccepted(f"{'.'.join(str(p) for p in path) or '(document)'}: {why}")
+def _at(path: tuple[str | int, ...], why: str) -> str:
+    """``why`` after the path of the value, ``spec.command[1]``, as agent/exec_limits.py names fields."""
+    where = ""
+    for step in path:
+        if isinstance(step, int):
+            where += f"[{step}]"
+        else:  # a name may hold the very surrogate reported: write it so that it can be published
+            name = step.encode("utf-8", "backslashreplace").decode()
+            where += f".{name}" if where else name
+    return f"{where or '(document)'}: {why}"
 
 
-def _check_string(path: tuple[str | int, ...], text: str) -> None:
+def _string_problem(text: str) -> str | None:
     if text.isascii():
-        return
+        return None
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        surrogate = next(c for c in text if "\ud800" <= c <= "\udfff")
-        # the path itself would hold the surrogate: name the place without it
-        _refuse(
-            tuple(p.encode("utf-8", "replace").decode() if isinstance(p, str) else p for p in path),
-            f"a string holds a lone surrogate ({surrogate!r}), which has no UTF-8 encoding",
-        )
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate ({text[exc.start]!r}), which has no UTF-8 encoding"
+    return None
 
 
 def _repeated(pairs: list[tuple[str, Any]]) -> str:

@@ -97,3 +97,53 @@ class Execution(_Frozen):
             return None
         name = min(self.timers, key=lambda n: self.timers[n])
         return name, self.timers[name]
+
+
+class NeverAccepted(_Frozen):
+    """An execution the agent knows only from rejected documents: what its next status needs, no more.
+
+    Anyone can publish bad documents under new execution ids, so these must cost the agent nothing while
+    it runs: the runtime keeps them in the store only (agent/store.py), and holds an :class:`Execution`
+    just while deciding about one. :meth:`of` and :meth:`execution` turn one into the other exactly, so
+    the lifecycle sees, and the status renders, the same as if the whole execution had been kept.
+    """
+
+    execution_id: str
+    node_id: str
+    revision: int
+    created_at: float
+    updated_at: float
+    message: str  # observed_state.message: the first words of the status, why it failed
+    rejected: dict[str, Any]  # details.rejected: generation, reason, at
+    rejected_digest: str | None  # so a redelivery of the same payload is not reported again
+
+    def execution(self) -> Execution:
+        return Execution(
+            execution_id=self.execution_id,
+            node_id=self.node_id,
+            job_id=self.execution_id,
+            revision=self.revision,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            observed=ObservedState(state_type="failed", message=self.message),
+            details={"rejected": dict(self.rejected)},
+            rejected_digest=self.rejected_digest,
+        )
+
+    @classmethod
+    def of(cls, execution: Execution) -> NeverAccepted | None:
+        """``execution`` as a record if it is nothing but a rejection (it never had a generation), else None."""
+        rejected = execution.details.get("rejected")
+        if execution.generation != 0 or execution.state_type != "failed" or not isinstance(rejected, dict):
+            return None
+        record = cls(
+            execution_id=execution.execution_id,
+            node_id=execution.node_id,
+            revision=execution.revision,
+            created_at=execution.created_at,
+            updated_at=execution.updated_at,
+            message=execution.observed.message,
+            rejected=rejected,
+            rejected_digest=execution.rejected_digest,
+        )
+        return record if record.execution() == execution else None

@@ -132,41 +132,46 @@ def details_nested(depth: int) -> str:
     )
 
 
-# payload -> words the reason must hold. Each of these was accepted (or raised) before strict_json.py.
-STRICT_JSON: dict[str, tuple[str, str]] = {
+# payload -> words the reason must hold, the generation it reports. Each of these was accepted (or raised)
+# before agent/strict_json.py.
+STRICT_JSON: dict[str, tuple[str, str, int | None]] = {
     "duplicate-key": (
         '{"execution_id":"fuzz-1","generation":1,"generation":2}',
         "generation: appears twice",
+        None,
     ),
     "duplicate-nested": (
         json.dumps(document_text())[:-1] + ',"desired_state":{"state_type":"stopped"}}',
         "desired_state: appears twice",
+        1,
     ),
     "nan": (
         json.dumps(document_text(desired_state={"state_type": "running", "details": {"x": float("nan")}})),
-        "NaN",
+        "desired_state.details.x: NaN",
+        1,
     ),
-    "infinity": ('{"generation": -Infinity}', "-Infinity"),
-    "float-overflow": (json.dumps(document_text())[:-1] + ',"x":1e999}', "beyond the range"),
-    "5000-digits": ('{"generation":' + "9" * 5000 + "}", "5000 digits"),
+    "infinity": ('{"generation": -Infinity}', "generation: -Infinity", None),
+    "float-overflow": (json.dumps(document_text())[:-1] + ',"x":1e999}', "x: the number 1e999 is beyond", 1),
+    "5000-digits": ('{"generation":' + "9" * 5000 + "}", "has 5000 digits", None),
     "lone-surrogate": (
         json.dumps(document_text(desired_state={"state_type": "running", "message": "\ud800"})),
-        "lone surrogate",
+        "desired_state.message: holds a lone surrogate",
+        1,
     ),
-    "lone-surrogate-key": ('{"\\udfff": 1}', "lone surrogate"),
-    "deep-details": (details_nested(70), "nests more than 64"),
-    "deep-list": ('{"a":' + "[" * 80 + "]" * 80 + "}", "nests more than 64"),
+    "lone-surrogate-key": ('{"\\udfff": 1}', "lone surrogate", None),
+    "deep-details": (details_nested(70), "nests more than 64", 1),
+    "deep-list": ('{"a":' + "[" * 80 + "]" * 80 + "}", "a[0][0]: nests more than 64", None),
 }
 
 
 @pytest.mark.parametrize("name", list(STRICT_JSON))
 def test_json_the_agent_could_not_keep_is_rejected_naming_why(name: str) -> None:
-    text, words = STRICT_JSON[name]
+    text, words, generation = STRICT_JSON[name]
     parsed = parse(text.encode())
     assert isinstance(parsed, Rejected), parsed
     assert parsed.reason.startswith("payload is not JSON we accept: "), parsed.reason
     assert words in parsed.reason
-    assert parsed.generation is None
+    assert parsed.generation == generation
 
 
 def test_nesting_that_is_no_trouble_is_accepted() -> None:
