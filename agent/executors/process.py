@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import select
 import shutil
 import signal as signals
@@ -37,8 +38,9 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 _START_TIME_TOLERANCE_S = 0.005  # start times are whole clock ticks (10 ms): equal, or another process
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PID_FILE_SLACK_S = 0.05
-WATCH_POLL_MIN_S = 0.1  # while a workload cannot be watched through a pidfd (out of descriptors)
-WATCH_POLL_MAX_S = 2.0  # wall-clock start times are only as fine as a clock tick
+WATCH_POLL_MIN_S = 0.05  # a workload watched without a pidfd is polled, backing off to once a second
+WATCH_POLL_MAX_S = 1.0
+FD_RESERVE = 128  # descriptors never spent on pidfds: sockets, the store, /proc reads, spawns, probes  # wall-clock start times are only as fine as a clock tick
 
 
 class SpawnError(Exception):
@@ -89,6 +91,7 @@ class ProcessExecutor:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "executions"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._pidfds = 0  # held by watches now
 
     def run_dir(self, execution_id: str) -> Path:
         return self.root / execution_id
@@ -210,42 +213,43 @@ class ProcessExecutor:
     async def wait(self, ref: ProcessRef) -> None:
         """Return once the supervisor of ``ref`` has exited (and been reaped, if it is our child).
 
-        Never blocks the event loop. Without a file descriptor to spare (EMFILE) neither a pidfd nor
-        /proc can be opened: it then polls with calls that need none (waitpid for our children, kill 0
-        for the rest) until it can watch again, and never takes "cannot look" for "has ended".
+        Never blocks the event loop. Each watch holds a pidfd while descriptors are plentiful; past the
+        budget (the open-files limit less a reserve for sockets, the store, /proc reads and spawns) a
+        workload is polled instead, at most a second apart, so a node with more workloads than
+        descriptors keeps every one watched and keeps the descriptors it needs to work. An error
+        reading /proc (EMFILE, say) means looking again later, never that the workload ended.
         """
         delay = WATCH_POLL_MIN_S
         while True:
+            fd = None
             try:
-                if not self.is_alive(ref):
+                if self._gone(ref):
                     break
-                fd = os.pidfd_open(ref.supervisor_pid)
+                if self._pidfds < _pidfd_budget():
+                    fd = os.pidfd_open(ref.supervisor_pid)
             except ProcessLookupError:
                 break
             except OSError:  # EMFILE, ENFILE, ENOMEM, an unreadable /proc: look again later
-                if self._gone_without_fds(ref.supervisor_pid):
-                    break
+                fd = None
+            if fd is None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WATCH_POLL_MAX_S)
                 continue
+            self._pidfds += 1
             try:
                 await _readable(fd)  # a pidfd becomes readable when the process exits, child or not
             finally:
                 os.close(fd)
+                self._pidfds -= 1
             break
         self._reap(ref.supervisor_pid)
 
-    def _gone_without_fds(self, supervisor_pid: int) -> bool:
-        child = self._children.get(supervisor_pid)
+    def _gone(self, ref: ProcessRef) -> bool:
+        """The supervisor has exited; for our own child asked of waitpid, which needs no descriptor."""
+        child = self._children.get(ref.supervisor_pid)
         if child is not None:
             return child.poll() is not None
-        try:
-            os.kill(supervisor_pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # a pid of somebody else's now: ours has gone, but is_alive will say so later
-        return False
+        return not self.is_alive(ref)
 
     def _reap(self, supervisor_pid: int) -> None:
         """Collect the exit of a supervisor that is our child; never waits (it has exited by now)."""
@@ -296,6 +300,12 @@ class ProcessExecutor:
             shutil.rmtree(self.run_dir(execution_id), ignore_errors=True)
         for path in self.root.glob(".removing-*"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _pidfd_budget() -> int:
+    """How many pidfds watches may hold: read each time, as the limit may be raised while running."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(0, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 async def _readable(fd: int) -> None:
