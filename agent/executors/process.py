@@ -65,6 +65,21 @@ def _supervisor_script() -> str:
     return str(resources.files("agent.executors").joinpath("supervisor.sh"))
 
 
+# Ids may be "." or "..", or start with a dot as the executor's own ".removing-*" directories do: as a
+# directory name such an id would be the executions root, the state directory (whose removal takes the
+# database with it) or hidden from the scans. A leading dot is written %2E; ids never hold a "%".
+_LEADING_DOT = "%2E"
+
+
+def dir_name(execution_id: str) -> str:
+    """The name of an execution's directory under ``executions/``: the id, unless it starts with a dot."""
+    return _LEADING_DOT + execution_id[1:] if execution_id.startswith(".") else execution_id
+
+
+def execution_of_dir(name: str) -> str:
+    return "." + name.removeprefix(_LEADING_DOT) if name.startswith(_LEADING_DOT) else name
+
+
 def start_time(pid: int) -> float | None:
     """When ``pid`` started, in seconds since boot as the kernel counts it, or None if there is no such pid.
 
@@ -94,7 +109,7 @@ class ProcessExecutor:
         self._pidfds = 0  # held by watches now
 
     def run_dir(self, execution_id: str) -> Path:
-        return self.root / execution_id
+        return self.root / dir_name(execution_id)
 
     # --- start ------------------------------------------------------------------------------------
 
@@ -199,9 +214,10 @@ class ProcessExecutor:
                 attempt = int(pid_file.name.removeprefix("pid-"))
             except ValueError:
                 continue
-            ref = self.find(pid_file.parent.name, attempt)
+            execution_id = execution_of_dir(pid_file.parent.name)
+            ref = self.find(execution_id, attempt)
             if ref is not None and is_same_process(ref.pid, ref.started):
-                found.append((pid_file.parent.name, attempt, pid_file))
+                found.append((execution_id, attempt, pid_file))
         return found
 
     # --- watch ------------------------------------------------------------------------------------
@@ -291,7 +307,7 @@ class ProcessExecutor:
         # Renamed out of the way first: log rotation (executors/logs.py) names files through the run
         # directory's path only, so it cannot add one while rmtree empties the directory (which would make
         # rmtree leave it behind). A directory left by a crash in between goes with the next removal.
-        doomed = self.root / f".removing-{execution_id}-{os.urandom(4).hex()}"
+        doomed = self.root / f".removing-{dir_name(execution_id)}-{os.urandom(4).hex()}"
         try:
             self.run_dir(execution_id).rename(doomed)
         except FileNotFoundError:

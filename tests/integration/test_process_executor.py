@@ -413,3 +413,30 @@ async def test_out_of_descriptors_a_workload_is_still_watched_and_never_taken_fo
         os.killpg(ref.pid, signal.SIGKILL)
         await asyncio.wait_for(waiting, 10)  # seen without a descriptor: waitpid on our supervisor
     assert executor.outcome(EID, 1).exit_code == 128 + signal.SIGKILL
+
+
+async def test_ids_with_a_leading_dot_get_directories_of_their_own(
+    executor: ProcessExecutor, state_dir: Path
+) -> None:
+    """'.', '..' and '.removing-x' are valid ids; as directory names they would be the executions root,
+    the state directory, or one of the executor's own doomed directories."""
+    ids = [".", "..", ".removing-x", "x"]  # "%" is not allowed in ids, so "%2E" names no other
+    refs = {i: await executor.spawn(i, 1, spec(["sleep", "30"])) for i in ids[:3]}
+    try:
+        dirs = {executor.run_dir(i).resolve() for i in ids}
+        assert len(dirs) == len(ids)
+        assert all(d.parent == executor.root.resolve() for d in dirs)
+        await wait_until(  # the supervisor writes pid-N just after it reported the pid
+            lambda: sorted(e for e, _, _ in executor.running_attempts()) == sorted(ids[:3]),
+            timeout=10,
+            what="every attempt found by its pid file",
+        )
+        (state_dir / "keep").write_text("the state directory's own file")
+        executor.remove("..")
+        executor.remove(".")
+        assert (state_dir / "keep").exists()
+        assert executor.run_dir(".removing-x").is_dir()  # another execution's removal left it alone
+    finally:
+        for ref in refs.values():
+            executor.signal(ref, "SIGKILL")
+            await finished(executor, ref)

@@ -182,12 +182,6 @@ def test_nesting_that_is_no_trouble_is_accepted() -> None:
     check_accepted(parsed.document)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="agent/names.py accepts '.' and '..' as ids; ProcessExecutor.run_dir('..') is the state "
-    "directory itself, and the Forget of a deleted '..' rmtree()s it, agent.db included (found by "
-    "bench/fuzz.py; the fix belongs to agent/names.py)",
-)
 @pytest.mark.parametrize("execution_id", [".", ".."])
 def test_an_accepted_execution_id_names_a_directory_of_its_own(execution_id: str, tmp_path: Path) -> None:
     document = json.dumps(document_text(execution_id=execution_id)).encode()
