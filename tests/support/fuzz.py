@@ -60,11 +60,12 @@ def valid_spec(rng: random.Random) -> dict[str, Any]:
         spec["validation"] = {"window_s": rng.choice([0, 0.2, 10]), "deadline_s": rng.choice([1, 300])}
     if rng.random() < 0.3:
         kind = rng.choice(["exec", "http", "tcp"])
-        check: dict[str, Any] = {
+        checks: dict[str, dict[str, Any]] = {
             "exec": {"command": ["true"]},
             "http": {"url": "http://127.0.0.1:8080/healthz"},
             "tcp": {"port": rng.randint(1, 65535)},
-        }[kind]
+        }
+        check = checks[kind]
         spec["probe"] = {kind: check, "period_s": 1, "timeout_s": 0.5, "failure_threshold": 2}
     if rng.random() < 0.3:
         spec["stop"] = {"signal": rng.choice(["SIGTERM", "SIGINT", "SIGKILL"]), "grace_s": rng.choice([0, 5])}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
@@ -140,7 +141,7 @@ class Node:
         self.seen = len(queued)
         return new
 
-    def statuses(self, messages: list[tuple[str, bytes]]) -> list[dict[str, object] | None]:
+    def statuses(self, messages: list[tuple[str, bytes]]) -> list[dict[str, Any] | None]:
         return [
             json.loads(p) if p else None for t, p in messages if t.endswith("/status") and "/executions/" in t
         ]
