@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +242,7 @@ def workload_groups(state_dir: Path) -> list[int]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-fuzz-"))
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-fuzz-state-", dir=args.state_parent))
     broker = Mosquitto(workdir)
     agent: AgentProcess | None = None
     try:
@@ -249,7 +251,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             broker,  # type: ignore[arg-type]  # it only reads host and port
             workdir,
             node_id=NODE,
-            state_dir=Path(tempfile.mkdtemp(prefix="bench-fuzz-state-", dir=args.state_parent)),
+            state_dir=state_dir,
             log={"format": "json", "level": args.log_level},
         )
         agent.start()
@@ -345,6 +347,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, signal.SIGKILL)
         broker.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def main() -> int:
@@ -373,6 +376,8 @@ def main() -> int:
     )
     if args.json:
         print(json.dumps(figures))
+        if ok:
+            shutil.rmtree(figures["workdir"], ignore_errors=True)
         return 0 if ok else 1
     f = figures
     print(
@@ -399,7 +404,11 @@ def main() -> int:
     print(
         f"agent RSS   before {f['rss_before_mib']:.1f} MiB   after {f['rss_after_mib']:.1f} MiB   (target <= 150 MB)"
     )
-    print("all checks hold" if ok else "A CHECK FAILED")
+    if ok:
+        shutil.rmtree(f["workdir"], ignore_errors=True)
+        print("all checks hold")
+    else:
+        print(f"A CHECK FAILED; the agent's log and the broker's are in {f['workdir']}")
     return 0 if ok else 1
 
 
