@@ -326,7 +326,12 @@ class Runtime:
             if ref is None:
                 continue
             bound = self.log.bind(execution=execution_id, revision=execution.revision, pid=ref.pid)
-            bound.info("re-adopting" if self.executor.is_alive(ref) else "ended while the agent was away")
+            try:
+                alive = self.executor.is_alive(ref)
+            except OSError as exc:  # the watcher looks again until it can tell
+                bound.warning("cannot tell yet whether the workload runs", error=str(exc))
+            else:
+                bound.info("re-adopting" if alive else "ended while the agent was away")
             self._background(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
 
 
