@@ -5,7 +5,7 @@
 Starts mosquitto with a minimal generated config (a listener on a free port, everything else at
 mosquitto's defaults: no persistence, ``max_queued_messages 1000``, ``max_inflight_messages 20``) and the
 agent as a subprocess via the CLI (``python -m agent run --config``, a temporary state directory,
-JSON logs at level warning to a file). It runs one valid long-running workload (``sleep 600``, the
+JSON logs at level warning to a file). It runs one valid long-running workload (``sleep 1000000``, the
 *keeper*) to ``running``, then publishes ``--count`` payloads made by tests/support/fuzz.py
 (``fuzz_payload``: valid documents mutated field by field, byte-damaged ones, raw bytes; seeded):
 
@@ -81,7 +81,7 @@ def sleeper(execution_id: str) -> bytes:
         "execution_id": execution_id,
         "generation": 1,
         "desired_state": {"state_type": "running"},
-        "spec": {"command": ["sleep", "600"], "validation": {"window_s": 0.2}},
+        "spec": {"command": ["sleep", "1000000"], "validation": {"window_s": 0.2}},  # outlasts any flood
     }
     return json.dumps(document).encode()
 
@@ -335,6 +335,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "tracebacks": log_text.count("Traceback"),
             "log_errors": sum(1 for line in log_text.splitlines() if '"level": "error"' in line),
             "keeper_pid_kept": keeper_kept,
+            "keeper_pid": [keeper_pid, pid_of(keeper_status)],
+            "keeper_state": keeper_status["observed_state"]["state_type"],
             "new_execution_ran": True,
             "rss_before_mib": rss_before / 2**20,
             "rss_after_mib": rss_after / 2**20,
