@@ -4,9 +4,9 @@
 into an infinity, raises a bare ValueError for an integer of more than 4300 digits, and keeps lone
 surrogates (``"\\ud800"``) that no UTF-8 writer can store again. Nesting it reads up to a thousand levels,
 deeper than pydantic will serialize (the store writes the desired state back as JSON). Each of these
-becomes a :class:`NotAccepted` whose message starts with the dotted path of the value, as the validation
-errors of agent/protocol.py do. Written with the standard module's hooks rather than another parser: no
-maintained one reports duplicate keys.
+becomes a :class:`NotAccepted` whose message starts with the path of the value (``spec.command[1]``, as
+agent/exec_limits.py names fields). Written with the standard module's hooks rather than another parser:
+orjson, the common faster one, also takes the last of two equal keys, and has no hook to say so.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ class _Refused:
 def loads(payload: bytes | str) -> Any:
     """The JSON value of ``payload``; json.JSONDecodeError, UnicodeDecodeError, NotAccepted or (nested
     past the interpreter's recursion limit) RecursionError if there is none."""
-    twice: dict[
-        int, str
-    ] = {}  # id of an object -> a key it had twice (the object itself is alive till the end)
+    # id of an object -> a key it had twice; ids are stable, as every object lives till the end
+    twice: dict[int, str] = {}
 
     def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
