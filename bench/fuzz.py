@@ -232,6 +232,13 @@ async def flood(client: aiomqtt.Client, answers: Answers, args: argparse.Namespa
     return sent
 
 
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
 def workload_groups(state_dir: Path) -> list[int]:
     groups = []
     for pid_file in state_dir.glob("executions/*/pid-*"):
@@ -289,6 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     lambda: answers.node_rejections >= len(sent.bad_topics), "bad-topic events", timeout=30
                 )
             rss_after = process.memory_info().rss
+            rss_peak_kib = peak_rss_kib(process.pid)
             agent_up = agent.proc.poll() is None
             keeper_status = answers.statuses[KEEPER]
             keeper_kept = (
@@ -340,6 +348,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "new_execution_ran": True,
             "rss_before_mib": rss_before / 2**20,
             "rss_after_mib": rss_after / 2**20,
+            "rss_peak_mib": rss_peak_kib / 2**10,
             "workdir": str(workdir),
         }
     finally:
@@ -404,7 +413,8 @@ def main() -> int:
         f"keeper kept its pid and runs {f['keeper_pid_kept']}   a new valid execution ran {f['new_execution_ran']}"
     )
     print(
-        f"agent RSS   before {f['rss_before_mib']:.1f} MiB   after {f['rss_after_mib']:.1f} MiB   (target <= 150 MB)"
+        f"agent RSS   before {f['rss_before_mib']:.1f} MiB   after {f['rss_after_mib']:.1f} MiB   "
+        f"peak {f['rss_peak_mib']:.1f} MiB   (target <= 150 MB)"
     )
     if ok:
         shutil.rmtree(f["workdir"], ignore_errors=True)
