@@ -117,6 +117,7 @@ class Runtime:
 
     def counts(self) -> dict[str, int]:
         counted = Counter(e.state_type for e in self.executions.values())
+        counted["failed"] += self.store.never_accepted_count  # their status says `failed`, so do the counts
         return {state: counted[state] for state in OBSERVED_STATES if counted[state]}
 
     def node_event(self, event_type: str, once: str | None = None, **fields: Any) -> None:

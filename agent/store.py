@@ -90,6 +90,11 @@ class Store:
                 )
             self._db.executescript(SCHEMA)
             self._claim(node_id)
+            # Counted once here and kept up to date by commit(): the node status counts them as `failed`
+            # on every publish, and a count(*) of a flood's worth of rows each time would cost a core.
+            self.never_accepted_count = int(
+                self._db.execute("SELECT count(*) FROM never_accepted").fetchone()[0]
+            )
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{path}: cannot open the state database ({exc}). If {path.name}-wal or {path.name}-shm was "
@@ -142,10 +147,10 @@ class Store:
         if moved:
             try:
                 with self._transaction():
-                    for record in moved:
-                        self._put(record)
+                    added = sum(self._put(record) for record in moved)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: cannot move never-accepted executions: {exc}") from exc
+            self.never_accepted_count += added
         return executions
 
     def never_accepted(self, execution_id: str) -> NeverAccepted | None:
@@ -191,7 +196,7 @@ class Store:
                     )
                     for recipient, event in mail
                 ]
-                self._put(state)
+                rejected_only = self._put(state)
                 self._db.execute(
                     "INSERT INTO revisions (execution_id, revision) VALUES (?, ?) "
                     "ON CONFLICT (execution_id) DO UPDATE SET revision = max(revision, excluded.revision)",
@@ -200,18 +205,23 @@ class Store:
                 self.enqueue(messages)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot record {state.execution_id!r}: {exc}") from exc
+        self.never_accepted_count += rejected_only  # only once the transaction holds
         return sent
 
-    def _put(self, state: Execution | NeverAccepted | Absent) -> None:
-        """Keep ``state`` in its table and in no other (inside a transaction)."""
+    def _put(self, state: Execution | NeverAccepted | Absent) -> int:
+        """Keep ``state`` in its table and in no other (inside a transaction); the change in the number
+        of never-accepted executions (-1, 0 or 1)."""
+        change = 0
         for table, kind in (("executions", Execution), ("never_accepted", NeverAccepted)):
+            removed = self._db.execute(f"DELETE FROM {table} WHERE execution_id = ?", (state.execution_id,))
             if isinstance(state, kind):
                 self._db.execute(
-                    f"INSERT OR REPLACE INTO {table} (execution_id, state) VALUES (?, ?)",
+                    f"INSERT INTO {table} (execution_id, state) VALUES (?, ?)",
                     (state.execution_id, state.model_dump_json()),
                 )
-            else:
-                self._db.execute(f"DELETE FROM {table} WHERE execution_id = ?", (state.execution_id,))
+            if kind is NeverAccepted:
+                change = int(isinstance(state, kind)) - removed.rowcount
+        return change
 
     def mail(self) -> list[tuple[int, str, str]]:
         """Every message between executions not yet acted on: (seq, recipient, encoded event), in order."""

@@ -213,3 +213,19 @@ async def test_deleting_a_never_accepted_execution_clears_its_status_and_keeps_i
     assert again is not None
     assert again["revision"] == 3
     node.close()
+
+
+async def test_the_node_status_counts_never_accepted_executions_as_failed(tmp_path: Path) -> None:
+    """Their statuses say `failed`, so the node's counts do, across a restart, an acceptance, a deletion."""
+    node = Node(tmp_path)
+    for name in ("x", "y", "z"):
+        node.send(name, bad(name))
+    node.send("x", bad("x", 2))  # the same one again: still one
+    assert node.runtime.counts() == {"failed": 3}
+    node.close()
+    node = Node(tmp_path)
+    assert node.runtime.counts() == {"failed": 3}
+    node.send("y", pending("y"))  # accepted now: counted with the accepted
+    node.send("z", b"")  # deleted
+    assert node.runtime.counts() == {"pending": 1, "failed": 1}
+    node.close()
