@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import programs
 from tests.support.broker import Broker
 from tests.support.notify import Notification, NotifySocket
 
@@ -218,10 +219,7 @@ def test_the_unit_says_what_the_agent_relies_on() -> None:
 
 
 def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd); the tests install nothing")
-    return path
+    return programs.require("systemd-analyze")  # installed by the test command; a skip names the package
 
 
 def system_units_dir() -> Path:
