@@ -72,16 +72,32 @@ async def answer_s(probe: Probe, name: str) -> float:
     return time.monotonic() - started
 
 
-async def retained_statuses(broker: Broker, count: int) -> dict[str, dict[str, Any]]:
-    """Every retained execution status, read at QoS 0: a QoS 1 subscription is served at most 1020."""
+async def retained_statuses(broker: Broker) -> dict[str, dict[str, Any]]:
+    """Every retained execution status, read at QoS 0 (a QoS 1 subscription is served at most 1020).
+
+    The broker sends a subscription's retained messages before anything published after it, so a fence
+    published once subscribed arrives after the last of them.
+    """
     async with Probe(broker.host, broker.port) as reader:
         await reader.subscribe(f"reconcile/v1/nodes/{NODE}/executions/+/status", qos=0)
+        fence = f"reconcile/v1/nodes/{NODE}/executions/fence/status"
+        await reader.publish(fence, b"{}", qos=0)
+        await reader.wait_for(lambda m: m.topic == fence, timeout=120, what="the fence")
+        return {m.json()["execution_id"]: m.json() for m in reader.messages if m.payload and m.topic != fence}
 
-        def seen() -> dict[str, dict[str, Any]]:
-            return {m.json()["execution_id"]: m.json() for m in reader.messages if m.payload}
 
-        await wait_until(lambda: len(seen()) >= count, timeout=60, interval=0.5, what=f"{count} statuses")
-        return seen()
+async def published_all(broker: Broker, count: int) -> None:
+    """Wait until every retained status is settled: the outbox has caught up with the decisions (the node
+    status rides ahead of it, so its counts alone say what was decided, not what was published)."""
+
+    async def caught_up() -> bool:
+        statuses = await retained_statuses(broker)
+        settled = ("running", "failed")
+        return len(statuses) >= count and all(
+            d["observed_state"]["state_type"] in settled for d in statuses.values()
+        )
+
+    await wait_until(caught_up, timeout=1800, interval=5, what="every status published")
 
 
 async def answers(probe: Probe, label: str, samples: int) -> float:
@@ -113,9 +129,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
             await wait_until(settled, timeout=1800, interval=0.5, what="every workload settled")
             settle_s = time.monotonic() - started
+            await published_all(broker, total)
+            published_s = time.monotonic() - started
             busy = await answers(probe, "busy", args.samples)
             reasons: Counter[str] = Counter()
-            newest = await retained_statuses(broker, total + args.samples)
+            newest = await retained_statuses(broker)
             for document in newest.values():
                 if document["observed_state"]["state_type"] == "failed":
                     reasons[document["observed_state"]["message"]] += 1
@@ -125,7 +143,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "limit": f"soft {args.soft}, hard {args.hard}",
                 "states": node_counts(probe),
                 "failure reasons": dict(reasons),
-                "settled after s": round(settle_s, 1),
+                "all settled (decided) s": round(settle_s, 1),
+                "all published s": round(published_s, 1),
                 "agent open descriptors": len(os.listdir(f"/proc/{agent.proc.pid}/fd")),
                 "agent RSS MB": round(process.memory_info().rss / 2**20, 1),
                 "answer s idle (median)": round(idle, 4),
