@@ -97,6 +97,39 @@ class LimitsConfig(BaseModel):
     model_config = _STRICT
 
     max_payload_bytes: int = Field(default=262144, ge=1024)
+    # The most an execution's results archive may hold (its output directory and logs, before
+    # compression): a workload that writes more fails its publish instead of filling the disk.
+    max_results_bytes: int = Field(default=1024**3, ge=1)
+
+
+class S3PublisherConfig(BaseModel):
+    """Credentials of the s3 publisher: both files, or neither (then the standard AWS environment)."""
+
+    model_config = _STRICT
+
+    access_key_id_file: ConfigPath | None = None
+    secret_access_key_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
+            raise ValueError(
+                "access_key_id_file and secret_access_key_file must be given together "
+                "(or neither, to use the standard AWS environment)"
+            )
+        return self
+
+
+class PublishersConfig(BaseModel):
+    model_config = _STRICT
+
+    s3: S3PublisherConfig | None = None  # absent: this node has no s3 publisher
+
+    @field_validator("s3", mode="before")
+    @classmethod
+    def _empty_means_environment(cls, value: object) -> object:
+        # `s3:` with nothing under it parses as null but means "s3, with the AWS environment's credentials".
+        return {} if value is None else value
 
 
 def parse_address(address: str) -> tuple[str | None, int]:
@@ -195,6 +228,8 @@ class AgentConfig(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     workload_logs: WorkloadLogsConfig = Field(default_factory=WorkloadLogsConfig)
+    results_dir: ConfigPath | None = None  # local results archives; default <state_dir>/results
+    publishers: PublishersConfig = Field(default_factory=PublishersConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -218,7 +253,7 @@ class AgentConfig(BaseSettings):
             problem += "; it is this host's name, the default, so set node_id explicitly"
         raise ValueError(f"node id {value!r} {problem}")
 
-    @field_validator("mqtt", "limits", "log", mode="before")
+    @field_validator("mqtt", "limits", "log", "publishers", mode="before")
     @classmethod
     def _empty_section_means_defaults(cls, value: object) -> object:
         # `mqtt:` with every child commented out parses as null; treat it like an absent section.
@@ -227,6 +262,20 @@ class AgentConfig(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"reconcile-agent-{self.node_id}"
+
+    @property
+    def results_path(self) -> Path:
+        return self.results_dir if self.results_dir is not None else self.state_dir / "results"
+
+    def s3_credentials(self) -> tuple[str, str] | None:
+        """(access key id, secret key) from the configured files, or None when none are configured."""
+        s3 = self.publishers.s3
+        if s3 is None or s3.access_key_id_file is None or s3.secret_access_key_file is None:
+            return None
+        return (
+            _read_secret(s3.access_key_id_file, "publishers.s3.access_key_id_file"),
+            _read_secret(s3.secret_access_key_file, "publishers.s3.secret_access_key_file"),
+        )
 
     def mqtt_password(self) -> str | None:
         path = self.mqtt.password_file
@@ -240,6 +289,7 @@ class AgentConfig(BaseSettings):
     def check_files(self) -> None:
         """Raise ConfigError unless every file the configuration names can be read now."""
         self.mqtt_password()
+        self.s3_credentials()
         tls = self.mqtt.tls
         if tls is None:
             return
@@ -252,6 +302,16 @@ class AgentConfig(BaseSettings):
                     pass
             except OSError as exc:
                 raise ConfigError(path, f"mqtt.tls.{key}: cannot read {path}: {_why(exc)}") from exc
+
+
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"{key}: cannot read {path}: {_why(exc)}") from exc
+    if not value:
+        raise ConfigError(path, f"{key}: {path} is empty")
+    return value
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -28,7 +28,9 @@ from agent.executors.process import ProcessExecutor
 from agent.metrics import Metrics
 from agent.mqtt import MqttLink
 from agent.names import id_problem
-from agent.protocol import Accepted, Deleted, Topics, parse_desired, payload_digest, rfc3339
+from agent.protocol import Accepted, Deleted, Parsed, Rejected, Topics, parse_desired, payload_digest, rfc3339
+from agent.results.publishers import Publishers
+from agent.results.s3 import environment_has_credentials
 from agent.runtime import Outbox, Runtime, run_forever
 from agent.store import Store, StoreError
 from agent.systemd import SystemdNotifier
@@ -63,7 +65,12 @@ class Agent:
         self.store = Store(config.state_dir / "agent.db", config.node_id)
         self._stack.callback(self.store.close)
         self.outbox = Outbox()
-        self.runtime = Runtime(self.store, ProcessExecutor(config.state_dir), self.topics, self.outbox)
+        self.publishers = Publishers(
+            config.results_path, config.limits.max_results_bytes, await _s3_credentials(config)
+        )
+        self.runtime = Runtime(
+            self.store, ProcessExecutor(config.state_dir), self.topics, self.outbox, self.publishers
+        )
         if config.mqtt.embedded:
             await self._stack.enter_async_context(embedded_broker(config.mqtt.host, config.mqtt.port))
         self.link = MqttLink(
@@ -131,6 +138,7 @@ class Agent:
             "started_at": rfc3339(self.started_at),
             "updated_at": rfc3339(time.time()),
             "executions": self.runtime.counts(),
+            "capabilities": {"engines": ["process"], "publishers": self.publishers.types},
         }
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -149,11 +157,39 @@ class Agent:
                 self.runtime.node_event("desired_rejected", once=once, generation=None, reason=reason)
                 self.log.warning("desired document rejected", topic=topic, reason=reason)
             return
-        self.runtime.submit(execution_id, to_event(parse_desired(execution_id, payload, self._max_payload)))
+        parsed = parse_desired(execution_id, payload, self._max_payload)
+        self.runtime.submit(execution_id, to_event(self._servable(parsed)))
+
+    def _servable(self, parsed: Parsed) -> Parsed:
+        """Reject on arrival a spec whose publisher this node cannot serve (a stop never needs one)."""
+        if not isinstance(parsed, Accepted):
+            return parsed
+        document = parsed.document
+        if document.spec is None or document.spec.publisher is None:
+            return parsed
+        if document.desired_state.state_type == "stopped":
+            return parsed
+        problem = self.publishers.problem(document.spec.publisher)
+        if problem is None:
+            return parsed
+        return Rejected(document.generation, problem, parsed.digest)
 
     @property
     def _max_payload(self) -> int:
         return self.config.limits.max_payload_bytes
+
+
+async def _s3_credentials(config: AgentConfig) -> Callable[[], tuple[str, str] | None] | None:
+    """How the s3 publisher gets its credentials, or None when this node has no s3 publisher."""
+    if config.publishers.s3 is None:
+        return None
+    if config.s3_credentials() is not None:  # the files are readable now (a ConfigError if not)
+        return config.s3_credentials
+    # Off the loop: the standard chain may ask the instance metadata service, which takes a while.
+    if await asyncio.to_thread(environment_has_credentials):
+        return lambda: None
+    log.warning("publishers.s3 is configured without files and the AWS environment has no credentials: no s3")
+    return None
 
 
 def to_event(parsed: Any) -> Event:

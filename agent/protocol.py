@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -109,6 +110,116 @@ class StopSpec(_Strict):
     grace_s: Seconds = 10.0
 
 
+# --- Results (PROTOCOL.md, Results; docs/protocol.md, Results) ---------------------------------------
+
+PublishWhen = Literal["completed", "always"]
+# S3 bucket names (AWS's rules for new buckets, which S3-compatible servers follow): 3 to 63 characters of
+# lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+MAX_KEY_PREFIX_BYTES = 512  # a key is at most 1024 bytes; the rest is for <job_id>/<execution_id>.tar.gz
+
+
+def key_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start an S3 object key, or None.
+
+    S3 takes almost any UTF-8 as a key, but some keys cannot be written back as files or paths by the
+    tools that read results (a leading ``/``, ``//``, ``.`` and ``..`` segments, control characters),
+    so the agent refuses them rather than upload an object nobody can download under its name.
+    """
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (a lone surrogate)"
+    if size > MAX_KEY_PREFIX_BYTES:
+        return f"is {size} bytes long, over {MAX_KEY_PREFIX_BYTES}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in prefix):
+        return "contains a control character"
+    if prefix.startswith("/"):
+        return "starts with '/'"
+    if "//" in prefix:
+        return "contains '//'"
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return "contains a '.' or '..' segment"
+    return None
+
+
+def _check_bucket(value: str) -> str:
+    if not _BUCKET.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name (3 to 63 characters of a-z 0-9 . -, "
+            "starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _check_key_prefix(value: str) -> str:
+    problem = key_prefix_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} is not a valid S3 key prefix: it {problem}")
+    return value
+
+
+def _check_endpoint(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+class _PublisherCommon(_Strict):
+    when: PublishWhen = "completed"
+    deadline_s: PositiveSeconds = 600.0
+
+
+class LocalPublisher(_PublisherCommon):
+    type: Literal["local"]
+
+
+class S3Publisher(_PublisherCommon):
+    type: Literal["s3"]
+    bucket: Annotated[StrictStr, AfterValidator(_check_bucket)]
+    key_prefix: Annotated[StrictStr, AfterValidator(_check_key_prefix)] = ""
+    endpoint: Annotated[StrictStr | None, AfterValidator(_check_endpoint)] = None
+    region: Annotated[StrictStr, Field(pattern=r"^[a-z0-9-]{1,64}$")] = "us-east-1"
+
+
+Publisher = Annotated[LocalPublisher | S3Publisher, Field(discriminator="type")]
+PUBLISHER_TYPES: tuple[str, ...] = ("local", "s3")
+
+
+class ResultsMetadata(_Strict):
+    sha256: StrictStr
+    size_bytes: StrictInt
+    files: StrictInt
+
+
+class S3Location(_Strict):
+    bucket: StrictStr
+    key: StrictStr
+    endpoint: StrictStr | None
+    region: StrictStr
+    version_id: StrictStr | None = None
+    checksum: StrictStr | None = None
+
+
+class PublishedResults(_Strict):
+    """The seeds' StorageSpec: where an execution's results went (``published_results``)."""
+
+    storage_source: Literal["local", "s3"]
+    name: StrictStr
+    url: StrictStr
+    path: StrictStr | None = None
+    s3: S3Location | None = None
+    metadata: ResultsMetadata
+
+
+def archive_name(execution_id: str) -> str:
+    return f"{execution_id}.tar.gz"
+
+
+def s3_key(publisher: S3Publisher, job_id: str, execution_id: str) -> str:
+    return f"{publisher.key_prefix}{job_id}/{archive_name(execution_id)}"
+
+
 class Spec(_Strict):
     engine: Literal["process"] = "process"
     command: Annotated[list[StrictStr], Field(min_length=1)]
@@ -120,6 +231,7 @@ class Spec(_Strict):
     stop: StopSpec = Field(default_factory=StopSpec)
     update_strategy: Literal["stop_first", "start_first"] = "stop_first"
     timeout_s: PositiveSeconds | None = None
+    publisher: Publisher | None = None
 
 
 class DesiredDocument(_Strict):
@@ -276,6 +388,11 @@ def describe_validation_error(exc: ValidationError) -> str:
         path = ".".join(str(p) for p in error["loc"]) or "(document)"
         if error["type"] == "extra_forbidden":
             problems.append(f"{path}: unknown field")
+        elif error["type"] == "union_tag_invalid":
+            ctx = error.get("ctx", {})
+            problems.append(
+                f"{path}.type: unknown type {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
+            )
         else:
             problems.append(f"{path}: {error['msg']}")
     return "; ".join(problems)

@@ -18,14 +18,36 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from agent import mailbox
-from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn, Tell
-from agent.core.events import Event, ProcessExited, ProcessStarted, SpawnFailed, SpawnLost, TimerFired
+from agent.core.actions import (
+    Action,
+    ClearStatus,
+    EmitEvent,
+    Forget,
+    Publish,
+    PublishStatus,
+    Signal,
+    Spawn,
+    Tell,
+)
+from agent.core.events import (
+    Event,
+    ProcessExited,
+    ProcessStarted,
+    Published,
+    PublishFailed,
+    PublishResumed,
+    SpawnFailed,
+    SpawnLost,
+    TimerFired,
+)
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
 from agent.probes import Prober
 from agent.protocol import OBSERVED_STATES, Topics, dumps
+from agent.results.errors import PublishError
+from agent.results.publishers import Publishers
 from agent.store import Message, Store, StoreError
 
 log = structlog.get_logger("agent.runtime")
@@ -79,9 +101,18 @@ class Decided:
 
 
 class Runtime:
-    def __init__(self, store: Store, executor: ProcessExecutor, topics: Topics, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: ProcessExecutor,
+        topics: Topics,
+        outbox: Outbox,
+        publishers: Publishers,
+    ) -> None:
         self.store = store
         self.executor = executor
+        self.publishers = publishers
+        self._publishing: dict[str, asyncio.Task[None]] = {}  # a try in flight, by execution
         self.topics = topics
         self.outbox = outbox
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
@@ -144,6 +175,7 @@ class Runtime:
                     self.apply(execution_id, event, mail_seq)
         finally:
             await self.prober.close()
+            self.publishers.close()
 
     # --- one event --------------------------------------------------------------------------------
 
@@ -239,13 +271,28 @@ class Runtime:
                     self._background(self._signal_retrying(eid, ref, name), f"signal:{eid}:{ref.attempt}")
                     return
                 bound.info("signal", signal=name, pid=ref.pid, delivered=delivered)
-            case Forget(execution_id=eid):
+            case Forget(execution_id=eid, job_id=job_id):
+                in_flight = self._publishing.get(eid)
+                if in_flight is None:
+                    self._remove_results(job_id, eid, bound)
+                else:  # a local archive could still appear: remove it once the try has ended
+                    in_flight.add_done_callback(lambda _: self._remove_results(job_id, eid, bound))
                 try:
                     self.executor.remove(eid)
                 except Exception as exc:  # its files stay behind; nothing waits on them
                     bound.error("cannot remove the execution's files", error=repr(exc))
                     return
                 bound.info("forgotten")
+            case Publish(execution_id=eid, try_no=try_no):
+                task = self._background(self._publish(action), f"publish:{eid}:{try_no}")
+                self._publishing[eid] = task
+                task.add_done_callback(lambda done: self._publish_ended(eid, done))
+
+    def _remove_results(self, job_id: str, execution_id: str, bound: Any) -> None:
+        try:
+            self.publishers.remove(job_id, execution_id)
+        except Exception as exc:  # the archive stays behind; nothing waits on it
+            bound.error("cannot remove the execution's results", error=repr(exc))
 
     def _schedule(self, execution_id: str, state: Execution | Absent) -> None:
         """Keep one loop timer per execution, for its earliest deadline."""
@@ -290,6 +337,28 @@ class Runtime:
         self.submit(spawn.execution_id, ProcessStarted(ref))
         await self._watch(spawn.execution_id, ref)
 
+    async def _publish(self, publish: Publish) -> None:
+        eid = publish.execution_id
+        try:
+            results = await self.publishers.publish(
+                publish, self.executor.run_dir(eid), self.executor.output_dir(eid, publish.attempt)
+            )
+        except PublishError as exc:
+            self.log.warning(
+                "publishing results failed", execution=eid, error=exc.reason, try_no=publish.try_no
+            )
+            self.submit(eid, PublishFailed(publish.try_no, exc.reason, exc.retryable))
+            return
+        except Exception as exc:  # a bug: report it as a failed try, so the deadline still ends it
+            self.log.exception("publishing results failed unexpectedly", execution=eid)
+            self.submit(eid, PublishFailed(publish.try_no, f"internal error: {exc!r}", retryable=True))
+            return
+        self.submit(eid, Published(publish.try_no, results))
+
+    def _publish_ended(self, execution_id: str, task: asyncio.Task[None]) -> None:
+        if self._publishing.get(execution_id) is task:
+            del self._publishing[execution_id]
+
     async def _watch(self, execution_id: str, ref: ProcessRef) -> None:
         """Report how ``ref`` ended. What fails on the way is tried again: the exit will come, and an
         error (out of descriptors, say) is never evidence that the workload ended or how."""
@@ -317,6 +386,8 @@ class Runtime:
         for execution_id, execution in self.executions.items():
             self._sync_probe(execution)
             self._schedule(execution_id, execution)
+            if execution.publishing is not None and execution.publishing.in_flight:
+                self.submit(execution_id, PublishResumed())  # its outcome died with the agent: try again
             ref = execution.process
             if ref is None and execution.spawn_pending:
                 ref = self.executor.find(execution_id, execution.attempt)

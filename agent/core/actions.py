@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.core.events import Mail
 from agent.core.model import ProcessRef
-from agent.protocol import Spec
+from agent.protocol import LocalPublisher, S3Publisher, Spec
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,28 @@ class EmitEvent:
 
 @dataclass(frozen=True)
 class Forget:
-    """Drop the execution from the store, keeping its revision high-water mark, and remove its files."""
+    """Drop the execution from the store, keeping its revision high-water mark, and remove its files
+    (its run directory, output directories and a local results archive; never an S3 object)."""
 
     execution_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Pack the output of ``attempt`` with its logs and exit code, and publish the archive.
+
+    Idempotent: the same execution packs to the same bytes under the same name every time, so a try
+    repeated after a crash publishes the same archive again. The outcome comes back as a
+    :class:`agent.core.events.Published` or :class:`agent.core.events.PublishFailed` for ``try_no``.
+    """
+
+    execution_id: str
+    job_id: str
+    attempt: int
+    exit_code: int | None
+    publisher: LocalPublisher | S3Publisher
+    try_no: int
 
 
 @dataclass(frozen=True)
@@ -60,4 +79,4 @@ class Tell:
     event: Mail
 
 
-Action = Spawn | Signal | PublishStatus | ClearStatus | EmitEvent | Forget | Tell
+Action = Spawn | Signal | PublishStatus | ClearStatus | EmitEvent | Forget | Tell | Publish

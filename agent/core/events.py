@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.model import ProcessRef
-from agent.protocol import DesiredDocument
+from agent.protocol import DesiredDocument, PublishedResults
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,28 @@ class ProbeResult:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Published:
+    """Try ``try_no`` of publishing the results succeeded: they are at ``results``."""
+
+    try_no: int
+    results: PublishedResults
+
+
+@dataclass(frozen=True)
+class PublishFailed:
+    """Try ``try_no`` failed; ``retryable`` False when trying again cannot help (over the size cap, say)."""
+
+    try_no: int
+    error: str
+    retryable: bool
+
+
+@dataclass(frozen=True)
+class PublishResumed:
+    """The agent restarted while a publish was in flight: it has no outcome for it, so try again."""
+
+
 # --- Between executions (updates and rollback), carried by the runtime's durable mailbox -------------
 
 
@@ -131,4 +153,7 @@ Event = (
     | SpawnFailed
     | ProcessExited
     | TimerFired
+    | Published
+    | PublishFailed
+    | PublishResumed
 )

@@ -10,6 +10,7 @@ probes), updates.py (hand-over and rollback); this one dispatches events and own
 
 from __future__ import annotations
 
+from agent.core import publish
 from agent.core.actions import Signal
 from agent.core.events import (
     DesiredDeleted,
@@ -20,6 +21,9 @@ from agent.core.events import (
     ProbeResult,
     ProcessExited,
     ProcessStarted,
+    Published,
+    PublishFailed,
+    PublishResumed,
     Released,
     RollbackFrom,
     RolledBack,
@@ -29,11 +33,28 @@ from agent.core.events import (
     TimerFired,
 )
 from agent.core.model import Absent, Execution
-from agent.core.moves import fail_on_own, forget, on_gone, on_started, start, stop
-from agent.core.step import DEADLINE, GRACE, RESTART, TIMEOUT, WINDOW, Decision, Step
+from agent.core.moves import fail_on_own, failed, forget, on_gone, on_started, start, stop
+from agent.core.step import (
+    DEADLINE,
+    GRACE,
+    PUBLISH_DEADLINE,
+    PUBLISH_RETRY,
+    RESTART,
+    TIMEOUT,
+    WINDOW,
+    Decision,
+    Step,
+)
 from agent.core.updates import hand_over, on_mail
 from agent.core.validation import on_probe, window_passed
-from agent.protocol import DesiredDocument, ObservedState, ObservedStateType, RunOutput, Spec
+from agent.protocol import (
+    DesiredDocument,
+    ObservedState,
+    ObservedStateType,
+    PublishedResults,
+    RunOutput,
+    Spec,
+)
 
 __all__ = ["DEADLINE", "GRACE", "RESTART", "TIMEOUT", "WINDOW", "Decision", "decide"]
 
@@ -95,7 +116,41 @@ def decide(state: Execution | Absent, event: Event, now: float) -> Decision:
             if name in state.timers:
                 step.clear_timers(name)
                 _on_timer(step, name)
+        case Published(try_no=try_no, results=results):
+            if _awaited(state, try_no):
+                _published(step, results)
+        case PublishFailed(try_no=try_no, error=error, retryable=retryable):
+            if _awaited(state, try_no):
+                if retryable:
+                    publish.failed_try(step, error)
+                else:
+                    _publishing_failed(step, error)
+        case PublishResumed():
+            publish.resume(step)
     return step.done()
+
+
+def _awaited(state: Execution, try_no: int) -> bool:
+    """A report of the try in flight; any other (an earlier try, after a stop) comes too late."""
+    publishing = state.publishing
+    return publishing is not None and publishing.in_flight and try_no == publishing.tries
+
+
+def _published(step: Step, results: PublishedResults) -> None:
+    """The archive is out: land in the outcome the workload had, with ``published_results``."""
+    publishing = step.state.publishing
+    assert publishing is not None
+    publish.abandon(step)
+    step.set(published_results=results)
+    if publishing.outcome == "completed":
+        step.observe("completed", publishing.reason)
+    else:
+        failed(step, publishing.reason)
+
+
+def _publishing_failed(step: Step, reason: str) -> None:
+    publish.abandon(step)
+    failed(step, f"publishing results failed: {reason}")
 
 
 def _on_timer(step: Step, name: str) -> None:
@@ -110,6 +165,12 @@ def _on_timer(step: Step, name: str) -> None:
         fail_on_own(step, "validation failed: not stable before validation.deadline_s passed")
     elif name == TIMEOUT:
         fail_on_own(step, "timed out: ran longer than timeout_s")
+    elif name == PUBLISH_RETRY and state.publishing is not None:
+        publish.retry(step)
+    elif name == PUBLISH_DEADLINE and state.publishing is not None:
+        last = state.publishing.last_error
+        why = "still not published" if last is None else last
+        _publishing_failed(step, f"{why}; publisher.deadline_s passed")
 
 
 def _kill(step: Step) -> Signal:

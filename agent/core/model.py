@@ -6,11 +6,11 @@ It is plain data, persisted as JSON by the store and rendered into the status do
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.protocol import DesiredState, ObservedState, RunOutput, Spec
+from agent.protocol import DesiredState, ObservedState, PublishedResults, RunOutput, Spec
 
 
 class _Frozen(BaseModel):
@@ -33,6 +33,26 @@ class ProcessRef(_Frozen):
     @property
     def compute_reference(self) -> str:
         return f"pid:{self.pid}"
+
+
+class Publishing(_Frozen):
+    """Results being published (docs/protocol.md, Results): the workload has ended, the outcome waits.
+
+    ``outcome`` and ``reason`` are what the execution lands in once the archive is out (``failed`` only
+    with ``when: always``); ``tries`` numbers the publish actions, so a late report of an earlier try is
+    recognised and ignored.
+    """
+
+    attempt: int  # the workload attempt whose output directory is packed
+    exit_code: int | None
+    outcome: Literal["completed", "failed"]
+    reason: str
+    ended_at: float  # when the workload ended: publisher.deadline_s counts from here
+    tries: int = 1
+    in_flight: bool = True  # a Publish action is out and has not reported back
+    failures: int = 0
+    last_error: str | None = None
+    next_try_at: float | None = None
 
 
 class Absent(_Frozen):
@@ -61,6 +81,8 @@ class Execution(_Frozen):
     restart_count: int = 0  # every restart the agent made, never reset
     run_output: RunOutput = Field(default_factory=RunOutput)
     details: dict[str, Any] = Field(default_factory=dict)
+    # Fields added after the first stored schema have defaults, so a row written before them still loads.
+    published_results: PublishedResults | None = None
     # Internal bookkeeping, never published as such.
     started_once: bool = False
     attempt: int = 0  # spawns asked for so far; each attempt has its own exit-status file
@@ -81,6 +103,7 @@ class Execution(_Frozen):
     superseded: bool = False  # P: stopping or stopped because N replaces it, not because it was asked to
     handover_generation: int | None = None  # P: its generation when N took over; a newer one wins
     rollback_asked: bool = False  # N: P has been asked to take over again
+    publishing: Publishing | None = None  # results are being published; the outcome waits for them
 
     @property
     def state_type(self) -> str:

@@ -6,6 +6,7 @@ caused it. The rules in lifecycle.py, validation.py and updates.py combine them.
 
 from __future__ import annotations
 
+from agent.core import publish
 from agent.core.actions import ClearStatus, Forget, Signal, Spawn
 from agent.core.events import Released, RollbackFrom
 from agent.core.model import Absent, ProcessRef
@@ -54,7 +55,11 @@ def stop(step: Step, message: str) -> None:
     state = step.state
     step.clear_timers(RESTART, WINDOW, DEADLINE, TIMEOUT)
     step.set(waiting_for_previous=False)
-    if state.process is not None:
+    if state.publishing is not None:
+        # The workload has ended; a stop asked for now ends the publishing too, unpublished.
+        publish.abandon(step)
+        step.observe("stopped", f"{message}; results not published")
+    elif state.process is not None:
         if state.state_type != "stopping":
             signal_stop(step, message)
     elif state.spawn_pending:
@@ -109,7 +114,7 @@ def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
             return forget(step)
         if state.stop_outcome is not None:
             step.set(stop_outcome=None)
-            failed(step, state.stop_outcome)
+            finish_failed(step, state.stop_outcome)
         elif state.superseded:
             step.observe("stopped", f"stopped for the update to {state.next_execution_id}")
             _release_successor(step)
@@ -165,21 +170,33 @@ def restart(step: Step, exit_code: int | None, why: str) -> bool:
 
 
 def settle(step: Step, exit_code: int | None, why: str) -> None:
-    """The workload ended for good: completed, or failed with the reason."""
+    """The workload ended for good: completed, or failed with the reason (its results published first)."""
     state = step.state
     deadline = state.timers.get(DEADLINE)
     if exit_code == 0:
+        if publish.wanted(step, "completed"):
+            publish.begin(step, "completed", why)
+            return
         step.clear_timers(DEADLINE, TIMEOUT)
         step.observe("completed", why)
     elif deadline is not None and deadline <= step.now and state.stable_at is None:
-        failed(step, f"validation failed: {why} and validation.deadline_s has passed")
+        finish_failed(step, f"validation failed: {why} and validation.deadline_s has passed")
     else:
-        failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)
+        finish_failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)
+
+
+def finish_failed(step: Step, reason: str) -> None:
+    """The workload ended and the execution fails: with ``when: always``, after publishing its results."""
+    if publish.wanted(step, "failed"):
+        publish.begin(step, "failed", reason)
+    else:
+        failed(step, reason)
 
 
 def forget(step: Step) -> Decision:
     eid = step.state.execution_id
-    step.actions += [ClearStatus(eid), Forget(eid)]
+    publish.abandon(step)
+    step.actions += [ClearStatus(eid), Forget(eid, step.state.job_id)]
     return Absent(execution_id=eid, node_id=step.state.node_id, revision=step.state.revision), step.actions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.core.model import Execution
+from agent.core.timers import TIMEOUT
 from agent.protocol import rfc3339
 
 
@@ -27,8 +28,23 @@ def status_document(execution: Execution) -> dict[str, Any]:
         "compute_reference": execution.compute_reference,
         "restart_count": execution.restart_count,
         "run_output": execution.run_output.model_dump(mode="json"),
-        "details": dict(execution.details),
+        "published_results": _published_results(execution),
+        "details": _details(execution),
     }
+
+
+def _published_results(execution: Execution) -> dict[str, Any] | None:
+    results = execution.published_results
+    return None if results is None else results.model_dump(mode="json")
+
+
+def _details(execution: Execution) -> dict[str, Any]:
+    """The execution's details, plus ``timeout_at`` while ``spec.timeout_s`` counts (the job's timeout_at)."""
+    details = dict(execution.details)
+    timeout_at = execution.timers.get(TIMEOUT)
+    if timeout_at is not None:
+        details["timeout_at"] = rfc3339(timeout_at)
+    return details
 
 
 def status_view(execution: Execution | None) -> dict[str, Any] | None:

@@ -8,14 +8,28 @@ from agent.core.actions import Action, EmitEvent, PublishStatus, Tell
 from agent.core.events import Mail
 from agent.core.model import Absent, Execution
 from agent.core.status import event_document, status_document, status_view
+from agent.core.timers import (
+    DEADLINE,
+    GRACE,
+    PUBLISH_DEADLINE,
+    PUBLISH_RETRY,
+    RESTART,
+    TIMEOUT,
+    WINDOW,
+)
 from agent.protocol import ObservedState, ObservedStateType, rfc3339
 
-# Timer names, kept in Execution.timers as name -> wall-clock deadline.
-WINDOW = "window"  # validation window: the run has stayed up (and healthy) long enough to be stable
-DEADLINE = "deadline"  # validation deadline: it did not become stable in time
-GRACE = "grace"  # stop grace: time to escalate to SIGKILL
-RESTART = "restart"  # restart backoff: time for the next attempt
-TIMEOUT = "timeout"  # spec.timeout_s: the run has gone on too long, counted from its first start
+__all__ = [
+    "DEADLINE",
+    "GRACE",
+    "PUBLISH_DEADLINE",
+    "PUBLISH_RETRY",
+    "RESTART",
+    "TIMEOUT",
+    "WINDOW",
+    "Decision",
+    "Step",
+]
 
 Decision = tuple[Execution | Absent, list[Action]]
 

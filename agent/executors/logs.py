@@ -19,7 +19,9 @@ is truncated to 0 bytes; being O_APPEND, the workload's next write lands at the 
   ``remove`` has renamed the directory away a rotation in progress can no longer create anything in it.
 - ``read_tail`` reads the end of a stream across its latest rotation, for ``run_output``.
 - The file work runs in a worker thread; one rotation at a time in a process (a lock), so a second
-  rotator on the same directory (a test, say) cannot interleave with the agent's.
+  rotator on the same directory (a test, say) cannot interleave with the agent's. Reading a stream whole
+  (the results archive, agent/results/pack.py) holds the same lock, so it sees the files as they are
+  between two rotations, never halfway through one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -75,6 +79,28 @@ def rotate(live: Path, keep: int) -> bool:
                 shutil.copyfileobj(source, copy, COPY_CHUNK)
                 os.ftruncate(source.fileno(), 0)
         return True
+
+
+@contextmanager
+def rotation_paused() -> Iterator[None]:
+    """No rotation starts (in this process) until the block ends: a stream's files hold still."""
+    with _lock:
+        yield
+
+
+def stream_files(live: Path) -> list[Path]:
+    """Every file that holds part of a stream, oldest first: ``live.N`` ... ``live.1``, then ``live``.
+
+    Only files that exist; call it under :func:`rotation_paused` so the list stays true while read.
+    """
+    pattern = re.compile(re.escape(live.name) + r"\.([0-9]+)")
+    numbered = []
+    for path in live.parent.glob(f"{live.name}.*"):
+        match = pattern.fullmatch(path.name)
+        if match is not None:
+            numbered.append((int(match.group(1)), path))
+    files = [path for _, path in sorted(numbered, reverse=True)]
+    return [*files, live] if live.exists() else files
 
 
 def _drop_beyond(live: Path, keep: int) -> None:

@@ -35,6 +35,7 @@ TAIL_BYTES = 4096
 SPAWN_TIMEOUT_S = 10.0
 # Environment variables a workload inherits from the agent; everything else comes from its spec.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
+OUTPUT_ENV = "RECONCILE_OUTPUT_DIR"  # the attempt's own, empty output directory (docs/protocol.md, Results)
 _START_TIME_TOLERANCE_S = 0.005  # start times are whole clock ticks (10 ms): equal, or another process
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PID_FILE_SLACK_S = 0.05
@@ -111,6 +112,21 @@ class ProcessExecutor:
     def run_dir(self, execution_id: str) -> Path:
         return self.root / dir_name(execution_id)
 
+    def output_dir(self, execution_id: str, attempt: int) -> Path:
+        """The output directory of one attempt; it lives in the run directory and goes with it."""
+        return self.run_dir(execution_id) / f"output-{attempt}"
+
+    def _fresh_output_dir(self, execution_id: str, attempt: int) -> Path:
+        """An empty output directory for ``attempt``; those of earlier attempts are removed: only the
+        attempt whose results are published matters, and a service restarted often must not fill the disk."""
+        output = self.output_dir(execution_id, attempt)
+        for old in self.run_dir(execution_id).glob("output-*"):
+            if old.name != output.name:
+                shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)  # left by a spawn of this attempt cut short
+        output.mkdir(mode=0o755)
+        return output
+
     # --- start ------------------------------------------------------------------------------------
 
     async def spawn(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
@@ -127,6 +143,7 @@ class ProcessExecutor:
 
     def _start(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | spec.env
+        env[OUTPUT_ENV] = str(self.output_dir(execution_id, attempt).absolute())
         cwd = spec.working_dir
         if cwd is not None:
             try:
@@ -141,6 +158,7 @@ class ProcessExecutor:
         run_dir = self.run_dir(execution_id)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            self._fresh_output_dir(execution_id, attempt)
             for stale in (run_dir / f"pid-{attempt}", run_dir / f"exit-{attempt}"):
                 stale.unlink(missing_ok=True)
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
@@ -303,7 +321,8 @@ class ProcessExecutor:
         return True
 
     def remove(self, execution_id: str) -> None:
-        """Delete the execution's directory: its pid and exit files and all its logs, rotated ones too."""
+        """Delete the execution's directory: its pid and exit files, all its logs (rotated ones too) and its
+        output directories."""
         # Renamed out of the way first: log rotation (executors/logs.py) names files through the run
         # directory's path only, so it cannot add one while rmtree empties the directory (which would make
         # rmtree leave it behind). A directory left by a crash in between goes with the next removal.

@@ -813,7 +813,7 @@ def test_new_generation_does_not_restart_a_terminal_execution() -> None:
 def test_deleting_an_inactive_execution_forgets_it_keeping_the_revision() -> None:
     before = at("completed")
     r = before.then((30, DesiredDeleted()))
-    assert r.last == [ClearStatus(EID), Forget(EID)]
+    assert r.last == [ClearStatus(EID), Forget(EID, EID)]
     assert r.state == absent(before.state.revision)
 
 

@@ -55,6 +55,7 @@ EXAMPLE: dict[str, Any] = {
         "stop": {"signal": "SIGTERM", "grace_s": 10.0},
         "update_strategy": "stop_first",
         "timeout_s": None,
+        "publisher": None,
     },
 }
 

@@ -1,0 +1,9 @@
+"""Timer names, kept in Execution.timers as name -> wall-clock deadline."""
+
+WINDOW = "window"  # validation window: the run has stayed up (and healthy) long enough to be stable
+DEADLINE = "deadline"  # validation deadline: it did not become stable in time
+GRACE = "grace"  # stop grace: time to escalate to SIGKILL
+RESTART = "restart"  # restart backoff: time for the next attempt
+TIMEOUT = "timeout"  # spec.timeout_s: the run has gone on too long, counted from its first start
+PUBLISH_RETRY = "publish_retry"  # results: time for the next try after a failed one
+PUBLISH_DEADLINE = "publish_deadline"  # results: publisher.deadline_s after the workload ended
