@@ -126,7 +126,9 @@ def _existing_version(client: S3Client, bucket: str, key: str, packed: Packed) -
         if _status(exc) == 404 and _code(exc) not in _FINAL_CODES:
             return None
         raise
-    same = head.get("Metadata", {}).get("sha256") == packed.sha256
+    # Metadata names are case-insensitive HTTP headers; some servers give them back capitalised.
+    metadata = {name.lower(): value for name, value in head.get("Metadata", {}).items()}
+    same = metadata.get("sha256") == packed.sha256
     if same and head.get("ContentLength") == packed.size_bytes:
         return head.get("VersionId") or ""
     return None
