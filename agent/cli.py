@@ -147,6 +147,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         handler=_operator,
     ),
     Subcommand(
+        name="results",
+        summary="download and unpack an execution's s3 results (for local ones: the node and path)",
+        example="reconcile-agent results batch-7 -o ./batch-7 --config /etc/reconcile-agent/agent.yaml",
+        add_arguments=operator_args.add_results,
+        handler=_operator,
+    ),
+    Subcommand(
         name="delete",
         summary="stop an execution, wait until it is stopped, then delete it",
         example="reconcile-agent delete --node node-1 web-2",

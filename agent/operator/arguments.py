@@ -135,6 +135,19 @@ def add_delete(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
 
 
+def add_results(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("execution", type=_id, metavar="EXECUTION")
+    parser.add_argument("--node", type=_id, help="the node the execution is on (needed if on several)")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="DIR",
+        help="unpack an s3 result here (default ./EXECUTION); credentials: publishers.s3 of --config, "
+        "or the AWS environment",
+    )
+    _connection(parser)
+
+
 def add_events(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", type=_id, help="only this node's events")
     parser.add_argument(

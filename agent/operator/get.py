@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from agent.operator.connection import Target
 from agent.operator.errors import EXIT_OK, OperatorError
 from agent.operator.jobs import job_state
-from agent.operator.render import age, execution_table, note, out, out_json, time_text
+from agent.operator.render import age, execution_table, note, out, out_json, results_text, time_text
 from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
 from agent.operator.topics import ANY
@@ -26,6 +26,9 @@ async def get(args: argparse.Namespace, target: Target) -> int:
         out_json([v.document for v in views])
     elif views:
         out(execution_table(views, datetime.now(UTC)))
+        if args.execution:
+            for view in views:
+                out(f"Results of {view.name}: {results_text(view)}")
     else:
         note("No executions" + (f" on node {args.node}." if args.node else "."))
     return EXIT_OK
@@ -45,6 +48,7 @@ async def job(args: argparse.Namespace, target: Target) -> int:
                 "version": state.version,
                 "create_time": time_text(state.create_time),
                 "update_time": time_text(state.update_time),
+                "timeout_at": time_text(state.timeout_at),
                 "executions": [v.document for v in state.executions],
             }
         )
@@ -57,6 +61,8 @@ async def job(args: argparse.Namespace, target: Target) -> int:
     out(f"Nodes:    {len(nodes)} ({', '.join(nodes)})")
     out(f"Created:  {time_text(state.create_time) or '-'} ({age(state.create_time, now)} ago)")
     out(f"Updated:  {time_text(state.update_time) or '-'} ({age(state.update_time, now)} ago)")
+    if state.timeout_at is not None:
+        out(f"Timeout:  {time_text(state.timeout_at)} (in {age(now, state.timeout_at)})")
     out()
     out(execution_table(state.executions, now))
     return EXIT_OK

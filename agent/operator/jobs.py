@@ -30,6 +30,7 @@ JobStateType = Literal["pending", "running", "degraded", "stopping", "completed"
 
 UP = frozenset({"starting", "validating", "running", "degraded", "stopping"})
 BROKEN = frozenset({"failed", "lost"})
+FINAL = frozenset({"completed", "failed", "lost", "stopped"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class JobState:
     version: int  # the highest generation any of its executions has acted on
     create_time: datetime | None  # the earliest created_at
     update_time: datetime | None  # the latest updated_at
+    timeout_at: datetime | None  # the earliest timeout of its live executions (those with timeout_s)
 
 
 def job_state_type(states: Sequence[str]) -> JobStateType:
@@ -75,4 +77,7 @@ def job_state(job_id: str, executions: Sequence[ExecutionView]) -> JobState:
         version=max((e.observed_generation for e in mine), default=0),
         create_time=min(created, default=None),
         update_time=max(updated, default=None),
+        timeout_at=min(
+            (e.timeout_at for e in mine if e.timeout_at is not None and e.state not in FINAL), default=None
+        ),
     )

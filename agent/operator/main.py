@@ -16,6 +16,7 @@ from agent.operator.delete import delete
 from agent.operator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, OperatorError
 from agent.operator.get import get, job
 from agent.operator.live import events, watch
+from agent.operator.results import results
 
 Command = Callable[[argparse.Namespace, Target], Coroutine[Any, Any, int]]
 
@@ -26,6 +27,7 @@ COMMANDS: dict[str, Command] = {
     "watch": watch,
     "events": events,
     "delete": delete,
+    "results": results,
 }
 # Following a stream has no result to lose: Ctrl-C is how it normally ends.
 ENDED_BY_CTRL_C = frozenset({"watch", "events"})

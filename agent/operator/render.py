@@ -62,6 +62,21 @@ def execution_table(views: Sequence[ExecutionView], now: datetime) -> str:
     return table(EXECUTION_COLUMNS, execution_rows(views, now))
 
 
+def results_text(view: ExecutionView) -> str:
+    """Where an execution's results are: ``s3://...`` or ``node-1:/path`` (on the node), or why none."""
+    results = view.results
+    if results is None:
+        if view.message == "publishing results":
+            return "being published"
+        return "none published"
+    raw = results.get("metadata")
+    metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    facts = f"{metadata.get('size_bytes', '?')} bytes, {metadata.get('files', '?')} files, sha256 {metadata.get('sha256', '?')}"
+    if results.get("storage_source") == "local":
+        return f"{view.node_id}:{results.get('path')} (on the node; {facts})"
+    return f"{results.get('url')} ({facts})"
+
+
 def transition(name: str, before: str | None, view: ExecutionView) -> str:
     """``node-1/web-2  starting -> validating (rev 3)``; the message when there is one worth reading."""
     line = f"{name}  {before or '(new)'} -> {view.state} (rev {view.revision})"

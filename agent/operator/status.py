@@ -28,6 +28,8 @@ class ExecutionView:
     exit_code: int | None
     rejected_generation: int | None  # details.rejected.generation: the agent refused this generation
     rejected_reason: str
+    results: dict[str, Any] | None  # published_results: where the results went, once published
+    timeout_at: datetime | None  # details.timeout_at: when spec.timeout_s ends the run
     document: dict[str, Any]  # as published, for -o json
 
     @property
@@ -76,6 +78,8 @@ def parse_status(payload: bytes, node_id: str, execution_id: str) -> ExecutionVi
         exit_code=_int(run_output.get("exit_code")),
         rejected_generation=_int(rejected.get("generation")),
         rejected_reason=_str(rejected.get("reason")),
+        results=_object(doc.get("published_results")) or None,
+        timeout_at=parse_time(_object(doc.get("details")).get("timeout_at")),
         document=doc,
     )
 

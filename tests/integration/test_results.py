@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.config import AgentConfig, LimitsConfig, PublishersConfig, S3PublisherConfig
+from tests.integration.test_operator_cli import cli
 from tests.support.agent import (
     StatusLog,
     config_for,
@@ -258,3 +260,49 @@ async def test_wrong_credentials_fail_with_a_clear_reason(
         failed = await StatusLog(watching, NODE, "creds").wait_state("failed")
     assert message(failed).startswith(f"publishing results failed: {s3.endpoint} refused the credentials")
     assert s3.keys() == []
+
+
+async def test_the_cli_shows_where_results_are_and_downloads_them(
+    broker: Broker, watching: Probe, state_dir: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    config = with_s3(config_for(broker, state_dir), tmp_path)
+    cli_config = tmp_path / "cli.yaml"
+    cli_config.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"host": broker.host, "port": broker.port},
+                "publishers": {
+                    "s3": {
+                        "access_key_id_file": str(tmp_path / "key-id"),
+                        "secret_access_key_file": str(tmp_path / "secret"),
+                    }
+                },
+            }
+        )
+    )
+    async with running_agent(config):
+        for eid, publisher in (("up", s3_publisher(s3)), ("here", {"type": "local"})):
+            await watching.publish(
+                desired_topic(NODE, eid), desired(eid, command=WRITER, publisher=publisher), retain=True
+            )
+            await StatusLog(watching, NODE, eid).wait_state("completed")
+
+        shown = await cli("get", "up", "--config", str(cli_config))
+        assert shown.code == 0, shown.output
+        assert f"Results of {NODE}/up: s3://{BUCKET}/runs/up/up.tar.gz (" in shown.stdout
+
+        into = tmp_path / "fetched"
+        fetched = await cli("results", "up", "-o", str(into), "--config", str(cli_config))
+        assert fetched.code == 0, fetched.output
+        assert (into / "output" / "answer.txt").read_text() == "result\n"
+        assert (into / "stdout").read_text() == "out\n"
+        assert not (into / "output" / "escape").exists()  # a link out of the directory is left out
+        assert "output/escape" in fetched.stderr
+
+        local = await cli("results", "here", "--config", str(cli_config))
+        assert local.code == 0, local.output
+        assert local.stdout.strip() == f"{NODE}:{(state_dir / 'results' / 'here' / 'here.tar.gz').absolute()}"
+
+        missing = await cli("results", "nothing", "--config", str(cli_config))
+        assert missing.code == 1
+        assert "no execution 'nothing' on any node" in missing.stderr

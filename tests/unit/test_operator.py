@@ -37,7 +37,11 @@ def status_doc(
     rejected: dict[str, Any] | None = None,
     exit_code: int | None = None,
     message: str = "",
+    timeout_at: datetime | None = None,
 ) -> dict[str, Any]:
+    details: dict[str, Any] = {"rejected": rejected} if rejected else {}
+    if timeout_at is not None:
+        details["timeout_at"] = timeout_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "execution_id": "x",
         "job_id": job,
@@ -51,7 +55,7 @@ def status_doc(
         "observed_state": {"state_type": state, "message": message, "details": {}},
         "restart_count": 0,
         "run_output": {"exit_code": exit_code},
-        "details": {"rejected": rejected} if rejected else {},
+        "details": details,
     }
 
 
@@ -268,6 +272,18 @@ def test_job_state_folds_executions_of_that_job_only() -> None:
     assert (state.state, state.version) == ("running", 4)
     assert (state.create_time, state.update_time) == (T0, later)
     assert job_state("none", views).executions == ()
+
+
+def test_job_timeout_at_is_the_earliest_of_its_live_executions() -> None:
+    soon, later = T0 + timedelta(minutes=1), T0 + timedelta(minutes=9)
+    views = [
+        view("n1", "a", state="running", timeout_at=later),
+        view("n2", "b", state="validating", timeout_at=soon + timedelta(minutes=3)),
+        view("n3", "c", state="completed", timeout_at=soon),  # finished: its timeout no longer applies
+        view("n4", "d", state="running"),  # no timeout_s
+    ]
+    assert job_state("web", views).timeout_at == soon + timedelta(minutes=3)
+    assert job_state("web", views[3:]).timeout_at is None
 
 
 # --- reading statuses -----------------------------------------------------------------------------------
