@@ -85,6 +85,8 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  broker:    {mqtt.host}:{mqtt.port} ({broker}, TLS {tls})")
     print(f"  topics:    {mqtt.topic_prefix}/nodes/{config.node_id}/...")
     print(f"  state dir: {config.state_dir}")
+    s3 = ", s3" if config.publishers.s3 is not None else ""
+    print(f"  results:   local in {config.results_path}{s3}")
     return EXIT_OK
 
 

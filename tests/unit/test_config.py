@@ -447,3 +447,53 @@ def test_check_files_accepts_readable_files(tmp_path: Path) -> None:
     )
 
     load_config(path).check_files()
+
+
+# --- results and publishers ---------------------------------------------------------------------------
+
+
+def test_results_default_to_the_state_directory_and_no_s3(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "state_dir: /srv/agent\n"))
+    assert config.results_path == Path("/srv/agent/results")
+    assert config.publishers.s3 is None
+    assert config.limits.max_results_bytes == 1024**3
+    assert config.s3_credentials() is None
+
+
+def test_s3_credentials_are_read_from_their_files(tmp_path: Path) -> None:
+    (tmp_path / "id").write_text("AKID\n")
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    text = (
+        f"results_dir: {tmp_path / 'r'}\npublishers:\n  s3:\n"
+        f"    access_key_id_file: {tmp_path / 'id'}\n    secret_access_key_file: {tmp_path / 'secret'}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.results_path == tmp_path / "r"
+    assert config.s3_credentials() == ("AKID", "s3cr3t")
+    config.check_files()
+
+
+def test_an_empty_s3_section_means_the_aws_environment(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "publishers:\n  s3:\n"))
+    assert config.publishers.s3 is not None
+    assert config.s3_credentials() is None
+
+
+def test_one_s3_key_file_without_the_other_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "publishers:\n  s3:\n    access_key_id_file: /etc/id\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "publishers.s3: " in caught.value.message
+    assert "must be given together" in caught.value.message
+
+
+def test_check_files_names_an_unreadable_s3_key_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("x")
+    text = (
+        f"publishers:\n  s3:\n    access_key_id_file: {tmp_path / 'nope'}\n"
+        f"    secret_access_key_file: {tmp_path / 'secret'}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError) as caught:
+        config.check_files()
+    assert caught.value.message.startswith("publishers.s3.access_key_id_file: cannot read")
