@@ -26,6 +26,9 @@ from agent.core.events import (
     ProbeResult,
     ProcessExited,
     ProcessStarted,
+    Published,
+    PublishFailed,
+    PublishResumed,
     SpawnFailed,
     SpawnLost,
     TimerFired,
@@ -33,7 +36,7 @@ from agent.core.events import (
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document, status_view
-from agent.protocol import DesiredDocument, Spec, rfc3339
+from agent.protocol import DesiredDocument, PublishedResults, ResultsMetadata, Spec, rfc3339
 
 NODE = "node-1"
 EID = "web-2"
@@ -55,8 +58,9 @@ ALLOWED: dict[str | None, set[str]] = {
         "lost",
         "stopping",
         "degraded",
+        "stopped",  # stopped on request while its results were being published
     },
-    "running": {"running", "degraded", "completed", "failed", "lost", "stopping"},
+    "running": {"running", "degraded", "completed", "failed", "lost", "stopping", "stopped"},
     "degraded": {"degraded", "running", "completed", "failed", "lost", "stopping", "stopped"},
     "stopping": {"stopping", "stopped", "failed", "starting", "degraded"},
     "stopped": {"stopped", "starting", "degraded", "pending"},
@@ -78,12 +82,21 @@ KNOWN_BUGS = {
     "pending-after-a-spawn": False,
 }
 
+RESULTS = PublishedResults(
+    storage_source="local",
+    name=f"{EID}.tar.gz",
+    url=f"file:///r/{EID}.tar.gz",
+    path=f"/r/{EID}.tar.gz",
+    metadata=ResultsMetadata(sha256="0" * 64, size_bytes=1, files=3),
+)
+
 SPECS = st.builds(
-    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s, probe: (
+    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s, probe, publisher: (
         Spec.model_validate(
             {
                 "command": command,
                 "probe": probe,
+                "publisher": publisher,
                 "restart": {
                     "policy": policy,
                     "max_restarts": max_restarts,
@@ -104,6 +117,14 @@ SPECS = st.builds(
     deadline_s=st.sampled_from([2.0, 8.0, 30.0]),
     grace_s=st.sampled_from([0.0, 2.0]),
     probe=st.sampled_from([None, {"tcp": {"port": 8080}, "period_s": 1.0, "failure_threshold": 2}]),
+    publisher=st.sampled_from(
+        [
+            None,
+            None,
+            {"type": "local", "deadline_s": 6.0},
+            {"type": "local", "when": "always", "deadline_s": 3.0},
+        ]
+    ),
 )
 
 
@@ -393,6 +414,32 @@ class LifecycleMachine(RuleBasedStateMachine):
         if not ok and before is not None and before.in_window:
             assert held.stable_at == before.stable_at, "a failed check never makes a run stable"
 
+    @rule(outcome=st.sampled_from(["published", "retryable", "final", "resumed", "stale"]))
+    def publish_reports(self, outcome: str) -> None:
+        """The results edge reports on the try in flight (or a stale one, or the agent restarted)."""
+        held = self.held()
+        if held is None or held.publishing is None:
+            return
+        try_no = held.publishing.tries
+        event: Event
+        if outcome == "published":
+            event = Published(try_no, RESULTS)
+        elif outcome in ("retryable", "final"):
+            event = PublishFailed(try_no, "refused", retryable=outcome == "retryable")
+        elif outcome == "resumed":
+            event = PublishResumed()
+        else:
+            event = Published(try_no - 1, RESULTS)
+        in_flight = held.publishing.in_flight
+        actions = self.apply(event)
+        if outcome == "stale" or (not in_flight and outcome != "resumed"):
+            assert actions == []
+        after = self.held()
+        if outcome == "published" and in_flight:
+            assert after is not None
+            assert after.published_results == RESULTS
+            assert after.state_type in ("completed", "failed")
+
     @rule(
         kind=st.sampled_from(["started", "exited", "spawn_failed", "spawn_lost", "timer"]),
         offset=st.sampled_from([-1, 1, 5]),
@@ -494,8 +541,18 @@ class LifecycleMachine(RuleBasedStateMachine):
         if held.state_type in ("completed", "failed", "lost", "stopped"):
             assert held.timers == {}, f"{held.state_type} holds timers {held.timers}"
             assert not held.active
-        if held.state_type in ("validating", "running"):
+        if held.state_type in ("validating", "running") and held.publishing is None:
             assert held.process is not None
+        if held.publishing is not None:
+            assert not held.active, "results are published once the workload has ended"
+            assert held.observed.message == "publishing results"
+            assert "publish_deadline" in held.timers
+            assert ("publish_retry" in held.timers) != held.publishing.in_flight
+        else:
+            assert "publish_deadline" not in held.timers
+            assert "publish_retry" not in held.timers
+        if held.state_type == "completed" and held.spec is not None and held.spec.publisher is not None:
+            assert held.published_results is not None, "completed with a publisher means published"
 
 
 LifecycleMachine.TestCase.settings = settings(
