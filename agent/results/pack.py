@@ -107,13 +107,16 @@ def _reader(parts: list[tuple[BinaryIO, int]]) -> BinaryIO:
 def pack(destination: Path, output_dir: Path, run_dir: Path, exit_code: int | None, max_bytes: int) -> Packed:
     """Write the archive to ``destination`` (atomically, through a ``.partial`` file) and describe it.
 
-    Raises :class:`PublishError`. Blocking: run it in a worker thread.
+    ``destination``'s parent is created if its own parent exists.
+
+        Raises :class:`PublishError`. Blocking: run it in a worker thread.
     """
     entries = list(_walk(output_dir, "output"))
     exit_text = b"" if exit_code is None else f"{exit_code}\n".encode()
     partial = destination.with_name(f".{destination.name}.partial")
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        # Not parents=True: a run directory removed with its execution meanwhile must not come back.
+        destination.parent.mkdir(exist_ok=True)
         with rotation_paused(), ExitStack() as stack:
             logs = [(name, _open_stream(stack, run_dir / live)) for name, live in LOG_STREAMS]
             content = len(exit_text) + sum(size for _, parts in logs for _, size in parts)

@@ -61,6 +61,10 @@ class Publishers:
         publisher = action.publisher
         if isinstance(publisher, LocalPublisher):
             destination = local.archive_path(self.results_dir, action.job_id, action.execution_id)
+            try:
+                destination.parent.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PublishError(f"cannot create {destination.parent}: {exc}", retryable=True) from exc
             packed = pack(destination, output_dir, run_dir, action.exit_code, self.max_bytes)
             return local.described(packed, action.execution_id)
         if self._s3 is None:
