@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agent.config import ConfigError
 from agent.core.actions import Publish
 from agent.protocol import LocalPublisher, PublishedResults, S3Publisher, archive_name, s3_key
 from agent.results import local
@@ -81,6 +82,8 @@ class Publishers:
         )
         try:
             return self._s3.upload(packed, publisher, s3_key(publisher, action.job_id, action.execution_id))
+        except ConfigError as exc:  # a key file that became unreadable: it may be put back
+            raise PublishError(exc.message, retryable=True) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # packed again, identically, by the next try
 
