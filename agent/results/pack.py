@@ -28,6 +28,7 @@ import io
 import os
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -78,14 +79,17 @@ class _Hashing:
 class _Concat(io.RawIOBase):
     """The first ``size`` bytes of several open files in turn, as one stream (a rotated log)."""
 
-    def __init__(self, parts: list[tuple[BinaryIO, int]]) -> None:
+    def __init__(self, parts: list[tuple[BinaryIO, int]], stop: threading.Event) -> None:
         super().__init__()
         self._parts = parts
+        self._stop = stop
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._stop.is_set():  # the agent is stopping: the try is repeated after its restart
+            raise PublishError("the agent stopped while packing", retryable=True)
         while self._parts:
             stream, left = self._parts[0]
             if left == 0:
@@ -100,16 +104,24 @@ class _Concat(io.RawIOBase):
         return 0
 
 
-def _reader(parts: list[tuple[BinaryIO, int]]) -> BinaryIO:
-    return io.BufferedReader(_Concat(parts), CHUNK)
+def _reader(parts: list[tuple[BinaryIO, int]], stop: threading.Event) -> BinaryIO:
+    return io.BufferedReader(_Concat(parts, stop), CHUNK)
 
 
-def pack(destination: Path, output_dir: Path, run_dir: Path, exit_code: int | None, max_bytes: int) -> Packed:
+def pack(
+    destination: Path,
+    output_dir: Path,
+    run_dir: Path,
+    exit_code: int | None,
+    max_bytes: int,
+    *,
+    stop: threading.Event | None = None,
+) -> Packed:
     """Write the archive to ``destination`` (atomically, through a ``.partial`` file) and describe it.
 
-    ``destination``'s parent is created if its own parent exists.
-
-        Raises :class:`PublishError`. Blocking: run it in a worker thread.
+    ``destination``'s parent is created if its own parent exists. Setting ``stop`` ends a pack under way
+    (an agent that stops must not wait for a gigabyte to be compressed). Raises :class:`PublishError`.
+    Blocking: run it in a worker thread.
     """
     entries = list(_walk(output_dir, "output"))
     exit_text = b"" if exit_code is None else f"{exit_code}\n".encode()
@@ -124,7 +136,7 @@ def pack(destination: Path, output_dir: Path, run_dir: Path, exit_code: int | No
             _check_size(content, max_bytes)
             with partial.open("wb") as raw:
                 hashing = _Hashing(raw)
-                files = _write(hashing, entries, exit_text, logs)
+                files = _write(hashing, entries, exit_text, logs, stop or threading.Event())
                 raw.flush()
                 os.fsync(raw.fileno())
         os.replace(partial, destination)
@@ -152,6 +164,7 @@ def _write(
     entries: list[_Entry],
     exit_text: bytes,
     logs: list[tuple[str, list[tuple[BinaryIO, int]]]],
+    stop: threading.Event,
 ) -> int:
     files = 0
     # filename="" and mtime=0: nothing about this moment or this path ends up in the gzip header.
@@ -162,14 +175,16 @@ def _write(
         tar.addfile(_info("exit_code", tarfile.REGTYPE, 0o644, len(exit_text)), io.BytesIO(exit_text))
         files += 1
         for name, parts in logs:
-            tar.addfile(_info(name, tarfile.REGTYPE, 0o644, sum(size for _, size in parts)), _reader(parts))
+            tar.addfile(
+                _info(name, tarfile.REGTYPE, 0o644, sum(size for _, size in parts)), _reader(parts, stop)
+            )
             files += 1
         for entry in entries:
-            files += _add(tar, entry)
+            files += _add(tar, entry, stop)
     return files
 
 
-def _add(tar: tarfile.TarFile, entry: _Entry) -> int:
+def _add(tar: tarfile.TarFile, entry: _Entry, stop: threading.Event) -> int:
     if entry.kind == "dir":
         tar.addfile(_info(entry.name, tarfile.DIRTYPE, 0o755))
         return 0
@@ -185,7 +200,7 @@ def _add(tar: tarfile.TarFile, entry: _Entry) -> int:
             raise PublishError(f"{entry.path} changed while it was packed", retryable=True)
         executable = bool(now.st_mode & 0o111)
         info = _info(entry.name, tarfile.REGTYPE, 0o755 if executable else 0o644, now.st_size)
-        tar.addfile(info, _reader([(stream, now.st_size)]))
+        tar.addfile(info, _reader([(stream, now.st_size)], stop))
     return 1
 
 

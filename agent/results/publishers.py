@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ class Publishers:
         self.max_bytes = max_bytes
         self._s3 = None if s3_credentials is None else S3Uploader(s3_credentials)
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="publish")
+        self._stop = threading.Event()
 
     @property
     def types(self) -> list[str]:
@@ -66,7 +68,7 @@ class Publishers:
                 destination.parent.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise PublishError(f"cannot create {destination.parent}: {exc}", retryable=True) from exc
-            packed = pack(destination, output_dir, run_dir, action.exit_code, self.max_bytes)
+            packed = pack(destination, output_dir, run_dir, action.exit_code, self.max_bytes, stop=self._stop)
             return local.described(packed, action.execution_id)
         if self._s3 is None:
             raise PublishError(
@@ -79,6 +81,7 @@ class Publishers:
             run_dir,
             action.exit_code,
             self.max_bytes,
+            stop=self._stop,
         )
         try:
             return self._s3.upload(packed, publisher, s3_key(publisher, action.job_id, action.execution_id))
@@ -92,4 +95,6 @@ class Publishers:
         local.remove(self.results_dir, job_id, execution_id)
 
     def close(self) -> None:
+        """Stop: packs under way end at their next read (an upload under way is left to finish)."""
+        self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,13 @@ def test_over_the_cap_fails_for_good_and_leaves_nothing(tmp_path: Path) -> None:
     assert "over the limit of 4000 (limits.max_results_bytes)" in caught.value.reason
     assert list(tmp_path.glob("*.tar.gz*")) == []
     assert list(tmp_path.glob(".*partial")) == []
+
+
+def test_a_pack_under_way_ends_when_told_to_stop(tmp_path: Path) -> None:
+    output, run = tree(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PublishError) as caught:
+        pack(tmp_path / "r.tar.gz", output, run, 0, 10**6, stop=stop)
+    assert caught.value.retryable is True
+    assert list(tmp_path.glob("*.tar.gz*")) == []
