@@ -32,6 +32,7 @@ from agent.daemon import to_event  # noqa: E402
 from agent.executors.process import ProcessExecutor  # noqa: E402
 from agent.log import configure_logging  # noqa: E402
 from agent.protocol import Topics, parse_desired  # noqa: E402
+from agent.results.publishers import Publishers  # noqa: E402
 from agent.runtime import Outbox, Runtime  # noqa: E402
 from agent.store import Store  # noqa: E402
 
@@ -62,7 +63,13 @@ async def growth(count: int, distinct: bool) -> tuple[float, float]:
     base = SCRATCH
     with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=base) as tmp:
         store = Store(Path(tmp) / "agent.db", NODE)
-        runtime = Runtime(store, ProcessExecutor(Path(tmp)), Topics("reconcile/v1", NODE), Outbox())
+        runtime = Runtime(
+            store,
+            ProcessExecutor(Path(tmp)),
+            Topics("reconcile/v1", NODE),
+            Outbox(),
+            Publishers.local_only(Path(tmp) / "results"),
+        )
         heap0, rss0 = heap_and_rss()
         for i in range(count):
             execution_id = f"x{i}" if distinct else "x"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.config import ConfigError
+from agent.config import ConfigError, LimitsConfig
 from agent.core.actions import Publish
 from agent.protocol import LocalPublisher, PublishedResults, S3Publisher, archive_name, s3_key
 from agent.results import local
@@ -40,6 +40,11 @@ class Publishers:
         self._s3 = None if s3_credentials is None else S3Uploader(s3_credentials)
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="publish")
         self._stop = threading.Event()
+
+    @classmethod
+    def local_only(cls, results_dir: Path) -> Publishers:
+        """Only ``local``, with the default size cap: for a runtime without an agent configuration."""
+        return cls(results_dir, LimitsConfig().max_results_bytes, None)
 
     @property
     def types(self) -> list[str]:

@@ -25,6 +25,7 @@ from agent.core.model import Absent, Execution, ProcessRef
 from agent.executors.process import ProcessExecutor, ProcessTableError, SpawnError
 from agent.probes import Prober
 from agent.protocol import Accepted, Spec, Topics, parse_desired
+from agent.results.publishers import Publishers
 from agent.runtime import Outbox, Runtime
 from agent.store import Store
 from tests.support.agent import desired, kill_group, pid_alive
@@ -136,7 +137,9 @@ async def scenario(state_dir: Path, seed: int, rate: float, plan: list[tuple[str
     faults = Faults(seed, rate)
     store = Store(state_dir / "agent.db", NODE)
     executor = FaultyExecutor(state_dir, faults)
-    runtime = Runtime(store, executor, Topics("reconcile/v1", NODE), Outbox())
+    runtime = Runtime(
+        store, executor, Topics("reconcile/v1", NODE), Outbox(), Publishers.local_only(state_dir / "results")
+    )
     prober = FaultyProber(runtime.submit, runtime._background)
     prober.faults = faults
     runtime.prober = prober

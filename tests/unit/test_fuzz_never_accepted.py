@@ -22,6 +22,7 @@ from agent.core.status import status_document
 from agent.daemon import to_event
 from agent.executors.process import ProcessExecutor
 from agent.protocol import Accepted, Rejected, Topics, parse_desired
+from agent.results.publishers import Publishers
 from agent.runtime import Outbox, Runtime
 from agent.store import Store
 from tests.support import fuzz
@@ -130,7 +131,13 @@ class Node:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.store = Store(state_dir / "agent.db", NODE)
-        self.runtime = Runtime(self.store, ProcessExecutor(state_dir), Topics("reconcile/v1", NODE), Outbox())
+        self.runtime = Runtime(
+            self.store,
+            ProcessExecutor(state_dir),
+            Topics("reconcile/v1", NODE),
+            Outbox(),
+            Publishers.local_only(state_dir / "results"),
+        )
         self.seen = 0
 
     def send(self, execution_id: str, payload: bytes) -> list[tuple[str, bytes]]:
