@@ -113,6 +113,7 @@ class StopSpec(_Strict):
 # --- Results (PROTOCOL.md, Results; docs/protocol.md, Results) ---------------------------------------
 
 PublishWhen = Literal["completed", "always"]
+PUBLISHING_MESSAGE = "publishing results"  # observed_state.message while an execution's results go out
 # S3 bucket names (AWS's rules for new buckets, which S3-compatible servers follow): 3 to 63 characters of
 # lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -15,8 +15,9 @@ from typing import Literal
 from agent.core.actions import Publish
 from agent.core.model import Publishing
 from agent.core.step import DEADLINE, PUBLISH_DEADLINE, PUBLISH_RETRY, TIMEOUT, Step
+from agent.protocol import PUBLISHING_MESSAGE
 
-MESSAGE = "publishing results"
+MESSAGE = PUBLISHING_MESSAGE
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 

@@ -12,6 +12,7 @@ from agent.operator.render import age, execution_table, note, out, out_json, res
 from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
 from agent.operator.topics import ANY
+from agent.protocol import PUBLISHING_MESSAGE
 
 
 async def get(args: argparse.Namespace, target: Target) -> int:
@@ -26,9 +27,10 @@ async def get(args: argparse.Namespace, target: Target) -> int:
         out_json([v.document for v in views])
     elif views:
         out(execution_table(views, datetime.now(UTC)))
-        if args.execution:
+        if args.execution:  # where its results are, for an execution that publishes any
             for view in views:
-                out(f"Results of {view.name}: {results_text(view)}")
+                if view.results is not None or view.message == PUBLISHING_MESSAGE:
+                    out(f"Results of {view.name}: {results_text(view)}")
     else:
         note("No executions" + (f" on node {args.node}." if args.node else "."))
     return EXIT_OK

@@ -63,12 +63,11 @@ def execution_table(views: Sequence[ExecutionView], now: datetime) -> str:
 
 
 def results_text(view: ExecutionView) -> str:
-    """Where an execution's results are: ``s3://...`` or ``node-1:/path`` (on the node), or why none."""
+    """Where an execution's results are: ``s3://...`` or ``node-1:/path`` (on the node), or that they are
+    still being published."""
     results = view.results
     if results is None:
-        if view.message == "publishing results":
-            return "being published"
-        return "none published"
+        return "being published"
     raw = results.get("metadata")
     metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
     facts = f"{metadata.get('size_bytes', '?')} bytes, {metadata.get('files', '?')} files, sha256 {metadata.get('sha256', '?')}"

@@ -25,6 +25,7 @@ from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
 from agent.operator.status import ExecutionView
 from agent.operator.topics import ANY
+from agent.protocol import PUBLISHING_MESSAGE, S3Publisher
 
 
 async def results(args: argparse.Namespace, target: Target) -> int:
@@ -33,7 +34,7 @@ async def results(args: argparse.Namespace, target: Target) -> int:
     view = _one(views, args.execution, args.node)
     published = view.results
     if published is None:
-        why = "they are being published" if view.message == "publishing results" else "none were published"
+        why = "they are being published" if view.message == PUBLISHING_MESSAGE else "none were published"
         raise OperatorError(f"{view.name} has no results yet: {why} (it is {view.state}: {view.message})")
     source = published.get("storage_source")
     if source == "local":
@@ -77,7 +78,6 @@ def _download(
     # Imported here: boto3 takes a while to load, and only this command needs it.
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
-    from agent.protocol import S3Publisher  # noqa: PLC0415
     from agent.results.s3 import error_of, make_client  # noqa: PLC0415
 
     location = published.get("s3") or {}
