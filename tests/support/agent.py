@@ -177,9 +177,11 @@ class AgentProcess:
         workdir: Path,
         node_id: str = "node-1",
         state_dir: Path | None = None,
+        python: Path | None = None,
         **config: Any,
     ) -> None:
         self.workdir = workdir
+        self.python = python  # another version's venv (tests/support/old_agent.py), or this one
         self.state_dir = state_dir or workdir / "state"
         self.config_path = workdir / f"{node_id}.yaml"
         document = {
@@ -198,10 +200,12 @@ class AgentProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+                [str(self.python or sys.executable), "-m", "agent", "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                # `-m` puts the working directory first on sys.path: another version must not find this tree.
+                cwd=self.workdir if self.python else None,
             )
 
     def signal(self, signum: int) -> None:
