@@ -18,6 +18,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from agent import mailbox
+from agent.boot import boot_time
 from agent.core.actions import (
     Action,
     ClearStatus,
@@ -29,6 +30,7 @@ from agent.core.actions import (
     Spawn,
     Tell,
 )
+from agent.core.clock import Now
 from agent.core.events import (
     Event,
     ProcessExited,
@@ -42,6 +44,7 @@ from agent.core.events import (
 )
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
+from agent.core.reboot import after_reboot
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
 from agent.probes import Prober
@@ -57,21 +60,28 @@ EFFECT_RETRY_MAX_S = 5.0
 
 
 class Clock:
-    """Wall-clock time read from the event loop's monotonic clock, anchored once.
+    """The runtime's two clocks (agent/core/clock.py): the wall clock as it reads, and the boot clock.
 
-    The core only sees ``now()``; timers run on ``loop.call_at``. Tests that drive the loop's clock
-    drive both, so timers, backoff and windows can be tested fast.
+    The boot clock is read off the event loop's monotonic clock, anchored to CLOCK_BOOTTIME once, so the
+    core's deadlines and the loop's timers (``loop.call_at``) are the same clock: a step of the wall
+    clock moves neither. Published times read the wall clock afresh, so they follow a corrected clock.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._anchor = time.time() - loop.time()
+        self._anchor = boot_time() - loop.time()
 
     def now(self) -> float:
+        return time.time()
+
+    def boot(self) -> float:
         return self._anchor + self._loop.time()
 
-    def loop_time(self, wall: float) -> float:
-        return wall - self._anchor
+    def moment(self) -> Now:
+        return Now(wall=self.now(), boot=self.boot())
+
+    def loop_time(self, boot: float) -> float:
+        return boot - self._anchor
 
 
 @dataclass
@@ -117,6 +127,12 @@ class Runtime:
         self.outbox = outbox
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
         self.executions: dict[str, Execution] = store.load()
+        if store.previous_boot is not None:
+            self.executions = {eid: after_reboot(e) for eid, e in self.executions.items()}
+            store.start_boot(self.executions.values())
+            log.info(
+                "the machine rebooted since the state was stored: old deadlines dropped", node=topics.node_id
+            )
         self._check_no_workload_forgotten()
         self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -193,7 +209,7 @@ class Runtime:
                 )
             )
         try:
-            new, actions = decide(state, event, self.clock.now())
+            new, actions = decide(state, event, self.clock.moment())
         except Exception:
             # A bug in a rule must not take every other workload down, nor crash-loop the agent on a
             # retained document that comes back at every start: report it and leave the state as it is.

@@ -12,33 +12,20 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 
+from agent import __version__, schema
+from agent.boot import boot_id, boot_time
 from agent.core.model import Absent, Execution, NeverAccepted
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS executions (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS never_accepted (execution_id TEXT PRIMARY KEY, state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS revisions (execution_id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS reported (key TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS mail (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    execution_id TEXT NOT NULL,
-    event TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    retain INTEGER NOT NULL
-);
-"""
+log = structlog.get_logger("agent.store")
 
 
 class StoreError(Exception):
@@ -77,10 +64,22 @@ class Store:
     def __init__(self, path: Path, node_id: str) -> None:
         self.path = path
         self._acknowledged = 0  # outbox rows up to here are published, even if their delete failed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(path.with_suffix(".lock"))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock(path.with_suffix(".lock"))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            os.close(self._lock)
+            raise StoreError(f"{path}: cannot open the state database ({exc})") from exc
+        try:
+            self._open(node_id)
+        except BaseException:
+            self.close()  # the lock too: whoever could not open the state must not keep others out of it
+            raise
+
+    def _open(self, node_id: str) -> None:
+        path = self.path
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
@@ -88,7 +87,7 @@ class Store:
                 raise StoreError(
                     f"{path}: the state database is damaged ({check}); restore it or move it away"
                 )
-            self._db.executescript(SCHEMA)
+            self._migrate()
             self._claim(node_id)
             # Counted once here and kept up to date by commit(): the node status counts them as `failed`
             # on every publish, and a count(*) of a flood's worth of rows each time would cost a core.
@@ -100,6 +99,34 @@ class Store:
                 f"{path}: cannot open the state database ({exc}). If {path.name}-wal or {path.name}-shm was "
                 "removed or damaged, restore them with the database; never start from a partial copy."
             ) from exc
+
+    def _migrate(self) -> None:
+        """Bring the schema up to this agent's version, all steps in one transaction (agent/schema.py)."""
+        at = schema.Moment(wall=time.time(), boot=boot_time(), boot_id=boot_id())
+        with self._transaction():
+            found = schema.version_of(self._db)
+            if found > schema.VERSION:
+                raise StoreError(
+                    f"{self.path}: this state was written by a newer agent (state schema version {found}); "
+                    f"this agent ({__version__}) reads schema versions up to {schema.VERSION}. Run the newer "
+                    "agent again, or restore the copy of the state directory made before it (docs/upgrade.md)."
+                )
+            try:
+                done = schema.migrate(self._db, at)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"{self.path}: cannot migrate the state from schema version {found} to {schema.VERSION} "
+                    f"({exc}); nothing was changed"
+                ) from exc
+        for version, what in done:
+            log.info("state schema migrated", path=str(self.path), version=version, step=what)
+        self.boot_id = at.boot_id
+        self.previous_boot = self._meta("boot_id") if self._meta("boot_id") != at.boot_id else None
+        self.instance_id = self._meta("instance_id") or ""
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
 
     def _claim(self, node_id: str) -> None:
         """A state directory belongs to one node: mixing two nodes' revisions would break both."""
@@ -163,6 +190,20 @@ class Store:
             return NeverAccepted.model_validate_json(row[0])
         except ValidationError as exc:
             raise StoreError(f"{self.path}: stored state of {execution_id!r} is unreadable: {exc}") from exc
+
+    def start_boot(self, executions: Iterable[Execution]) -> None:
+        """Record that the state now belongs to this boot, with its executions as they are after a reboot."""
+        try:
+            with self._transaction():
+                for state in executions:
+                    self._db.execute(
+                        "UPDATE executions SET state = ? WHERE execution_id = ?",
+                        (state.model_dump_json(), state.execution_id),
+                    )
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'boot_id'", (self.boot_id,))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot record the new boot: {exc}") from exc
+        self.previous_boot = None
 
     def high_water(self, execution_id: str) -> int:
         row = self._db.execute(

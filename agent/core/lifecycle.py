@@ -1,7 +1,7 @@
 """The lifecycle of one execution as a pure function: ``decide(state, event, now) -> (state, actions)``.
 
-No I/O and no clock: ``now`` is wall-clock epoch seconds handed in by the runtime, timers are deadlines
-kept in the state, and every effect (spawn, signal, publish, a message to another execution) is returned
+No I/O and no clock: ``now`` is handed in by the runtime on both clocks (:mod:`agent.core.clock`: wall
+time for what is published, boot time for timers), timers are deadlines kept in the state, and every effect (spawn, signal, publish, a message to another execution) is returned
 as an action. Each change of the published status bumps the revision by exactly one and yields a
 :class:`PublishStatus` with the rendered document, so the runtime can store state and outbox in one
 transaction. The rules live in small modules: moves.py (start, stop, settle), validation.py (windows and
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from agent.core import publish
 from agent.core.actions import Signal
+from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
     DesiredReceived,
@@ -59,7 +60,7 @@ from agent.protocol import (
 __all__ = ["DEADLINE", "GRACE", "RESTART", "TIMEOUT", "WINDOW", "Decision", "decide"]
 
 
-def decide(state: Execution | Absent, event: Event, now: float) -> Decision:
+def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
     """The new state of one execution after ``event``, and what must be done about it."""
     if isinstance(event, HandOver | Released | SuccessorStable | RollbackFrom | RolledBack):
         return on_mail(state, event, now)
@@ -113,7 +114,7 @@ def decide(state: Execution | Absent, event: Event, now: float) -> Decision:
             if state.process is not None and attempt == state.process.attempt:
                 on_probe(step, ok, detail)
         case TimerFired(name=name):
-            if name in state.timers:
+            if name in state.deadlines:
                 step.clear_timers(name)
                 _on_timer(step, name)
         case Published(try_no=try_no, results=results):
@@ -181,7 +182,7 @@ def _kill(step: Step) -> Signal:
 # --- Desired state ----------------------------------------------------------------------------------------
 
 
-def _decide_absent(state: Absent, event: Event, now: float) -> Decision:
+def _decide_absent(state: Absent, event: Event, now: Now) -> Decision:
     """Events for an execution the agent does not hold: only desired documents can create one."""
     if not isinstance(event, DesiredReceived | DesiredRejected):
         return state, []
@@ -191,8 +192,8 @@ def _decide_absent(state: Absent, event: Event, now: float) -> Decision:
         node_id=state.node_id,
         job_id=job_id,
         revision=state.revision,
-        created_at=now,
-        updated_at=now,
+        created_at=now.wall,
+        updated_at=now.wall,
         observed=ObservedState(state_type="pending"),
     )
     step = Step(created, now, None)

@@ -1,7 +1,8 @@
 """The stored state of one execution: everything the lifecycle decides from, and nothing it does not need.
 
 It is plain data, persisted as JSON by the store and rendered into the status document by
-:mod:`agent.core.status`. Times are wall-clock epoch seconds handed in by the caller.
+:mod:`agent.core.status`. Published times are wall-clock epoch seconds; timer deadlines are seconds since
+boot (:mod:`agent.core.clock`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ class Execution(_Frozen):
     attempt: int = 0  # spawns asked for so far; each attempt has its own exit-status file
     spawn_pending: bool = False  # a Spawn for ``attempt`` is under way and has not reported back
     process: ProcessRef | None = None
-    timers: dict[str, float] = Field(default_factory=dict)  # name -> wall-clock deadline
+    deadlines: dict[str, float] = Field(
+        default_factory=dict
+    )  # timer name -> seconds since boot (core/clock.py)
     recent_restarts: int = 0  # restarts since the last run that passed its window: drives backoff
     deleting: bool = False
     stop_outcome: str | None = None  # why the agent stops it on its own: it lands in failed with this
@@ -116,10 +119,10 @@ class Execution(_Frozen):
 
     @property
     def next_timer(self) -> tuple[str, float] | None:
-        if not self.timers:
+        if not self.deadlines:
             return None
-        name = min(self.timers, key=lambda n: self.timers[n])
-        return name, self.timers[name]
+        name = min(self.deadlines, key=lambda n: self.deadlines[n])
+        return name, self.deadlines[name]
 
 
 class NeverAccepted(_Frozen):

@@ -40,9 +40,9 @@ def on_started(step: Step, ref: ProcessRef) -> None:
     if state.state_type == "stopping":  # stop, deletion or failure was decided while it was being spawned
         signal_stop(step, state.observed.message)
         return
-    if state.spec.timeout_s is not None and TIMEOUT not in state.timers:
+    if state.spec.timeout_s is not None and TIMEOUT not in state.deadlines:
         step.set_timer(TIMEOUT, state.spec.timeout_s)  # restarts keep it: it counts from the run's start
-    if DEADLINE not in state.timers and state.stable_at is None:
+    if DEADLINE not in state.deadlines and state.stable_at is None:
         step.set_timer(DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
     if state.spec.probe is None:
         step.set_timer(WINDOW, state.spec.validation.window_s)
@@ -155,14 +155,13 @@ def restart(step: Step, exit_code: int | None, why: str) -> bool:
     state = step.state
     assert state.spec is not None
     policy = state.spec.restart
-    deadline = state.timers.get(DEADLINE)
-    in_time = deadline is None or deadline > step.now
+    in_time = not step.due(DEADLINE)
     if not (wants_restart(step, exit_code) and state.recent_restarts < policy.max_restarts and in_time):
         return False
     delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
     step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
     step.set_timer(RESTART, delay)
-    next_at = step.at(step.state.timers[RESTART])
+    next_at = step.when(RESTART)
     step.emit("restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at)
     waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
     step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
@@ -172,14 +171,13 @@ def restart(step: Step, exit_code: int | None, why: str) -> bool:
 def settle(step: Step, exit_code: int | None, why: str) -> None:
     """The workload ended for good: completed, or failed with the reason (its results published first)."""
     state = step.state
-    deadline = state.timers.get(DEADLINE)
     if exit_code == 0:
         if publish.wanted(step, "completed"):
             publish.begin(step, "completed", why)
             return
         step.clear_timers(DEADLINE, TIMEOUT)
         step.observe("completed", why)
-    elif deadline is not None and deadline <= step.now and state.stable_at is None:
+    elif step.due(DEADLINE) and state.stable_at is None:
         finish_failed(step, f"validation failed: {why} and validation.deadline_s has passed")
     else:
         finish_failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)

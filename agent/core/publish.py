@@ -15,7 +15,7 @@ from typing import Literal
 from agent.core.actions import Publish
 from agent.core.model import Publishing
 from agent.core.step import DEADLINE, PUBLISH_DEADLINE, PUBLISH_RETRY, TIMEOUT, Step
-from agent.protocol import PUBLISHING_MESSAGE
+from agent.protocol import PUBLISHING_MESSAGE, rfc3339
 
 MESSAGE = PUBLISHING_MESSAGE
 RETRY_FIRST_S = 1.0
@@ -41,7 +41,7 @@ def begin(step: Step, outcome: Literal["completed", "failed"], reason: str) -> N
         exit_code=state.run_output.exit_code,
         outcome=outcome,
         reason=reason,
-        ended_at=step.now,
+        ended_at=step.now.wall,
     )
     step.set(publishing=publishing)
     step.set_timer(PUBLISH_DEADLINE, state.spec.publisher.deadline_s)
@@ -75,7 +75,7 @@ def failed_try(step: Step, error: str) -> None:
                 "in_flight": False,
                 "failures": publishing.failures + 1,
                 "last_error": error,
-                "next_try_at": step.now + delay,
+                "next_try_at": step.now.wall + delay,
             }
         )
     )
@@ -111,7 +111,7 @@ def _observe(step: Step) -> None:
     """Keep the observed state type; say what publishing is doing (a revision when that changes)."""
     publishing = step.state.publishing
     assert publishing is not None
-    next_at = None if publishing.next_try_at is None else step.at(publishing.next_try_at)
+    next_at = rfc3339(publishing.next_try_at)
     details = {
         "attempts": publishing.failures,
         "last_error": publishing.last_error,

@@ -41,7 +41,7 @@ def _published_results(execution: Execution) -> dict[str, Any] | None:
 def _details(execution: Execution) -> dict[str, Any]:
     """The execution's details, plus ``timeout_at`` while ``spec.timeout_s`` counts (the job's timeout_at)."""
     details = dict(execution.details)
-    timeout_at = execution.timers.get(TIMEOUT)
+    timeout_at = execution.deadlines.get(TIMEOUT)
     if timeout_at is not None:
         details["timeout_at"] = rfc3339(timeout_at)
     return details

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.core.actions import Action, EmitEvent, PublishStatus, Tell
+from agent.core.clock import Now
 from agent.core.events import Mail
 from agent.core.model import Absent, Execution
 from agent.core.status import event_document, status_document, status_view
@@ -35,7 +36,7 @@ Decision = tuple[Execution | Absent, list[Action]]
 
 
 class Step:
-    def __init__(self, state: Execution, now: float, published: Execution | None) -> None:
+    def __init__(self, state: Execution, now: Now, published: Execution | None) -> None:
         self.state = state
         self.now = now
         self.actions: list[Action] = []
@@ -45,7 +46,7 @@ class Step:
         self._published: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, state: Execution, now: float) -> Step:
+    def of(cls, state: Execution, now: Now) -> Step:
         return cls(state, now, state)
 
     def set(self, **fields: Any) -> None:
@@ -65,7 +66,7 @@ class Step:
         view = status_view(self.state)
         if view == self._published:
             return
-        self.set(revision=self.state.revision + 1, updated_at=self.now)
+        self.set(revision=self.state.revision + 1, updated_at=self.now.wall)
         self._published = view
         self.actions.append(
             PublishStatus(self.state.execution_id, self.state.revision, status_document(self.state))
@@ -74,7 +75,7 @@ class Step:
     def emit(self, event_type: str, **fields: Any) -> None:
         s = self.state
         self.actions.append(
-            EmitEvent(event_document(event_type, s.node_id, s.execution_id, self.now, **fields))
+            EmitEvent(event_document(event_type, s.node_id, s.execution_id, self.now.wall, **fields))
         )
 
     def tell(self, execution_id: str, mail: Mail) -> None:
@@ -87,13 +88,22 @@ class Step:
         self.set(details=details)
 
     def set_timer(self, name: str, delay_s: float) -> None:
-        self.set(timers={**self.state.timers, name: self.now + delay_s})
+        self.set(deadlines={**self.state.deadlines, name: self.now.boot + delay_s})
 
     def clear_timers(self, *names: str) -> None:
-        self.set(timers={k: v for k, v in self.state.timers.items() if k not in names})
+        self.set(deadlines={k: v for k, v in self.state.deadlines.items() if k not in names})
 
-    def at(self, epoch_s: float | None = None) -> str:
-        return rfc3339(self.now if epoch_s is None else epoch_s) or ""
+    def due(self, name: str) -> bool | None:
+        """Whether timer ``name`` has come due; None if it is not set."""
+        deadline = self.state.deadlines.get(name)
+        return None if deadline is None else deadline <= self.now.boot
+
+    def at(self) -> str:
+        return rfc3339(self.now.wall) or ""
+
+    def when(self, name: str) -> str:
+        """The wall-clock time timer ``name`` will fire at, as published."""
+        return rfc3339(self.now.wall_of(self.state.deadlines[name])) or ""
 
     def done(self) -> Decision:
         self.publish()

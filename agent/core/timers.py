@@ -1,4 +1,4 @@
-"""Timer names, kept in Execution.timers as name -> wall-clock deadline."""
+"""Timer names, kept in Execution.deadlines as name -> boot-clock deadline (core/clock.py)."""
 
 WINDOW = "window"  # validation window: the run has stayed up (and healthy) long enough to be stable
 DEADLINE = "deadline"  # validation deadline: it did not become stable in time

@@ -11,6 +11,7 @@ already stable never asks its own predecessor, so there are no rollback loops.
 from __future__ import annotations
 
 from agent.core.actions import Tell
+from agent.core.clock import Now
 from agent.core.events import HandOver, Mail, Released, RollbackFrom, RolledBack, SuccessorStable
 from agent.core.model import Absent, Execution
 from agent.core.moves import start, stop
@@ -34,7 +35,7 @@ def hand_over(step: Step) -> bool:
     return True
 
 
-def on_mail(state: Execution | Absent, mail: Mail, now: float) -> Decision:
+def on_mail(state: Execution | Absent, mail: Mail, now: Now) -> Decision:
     if isinstance(state, Absent):
         if isinstance(mail, HandOver):  # an update from an execution this node does not know: N just starts
             return state, [Tell(mail.successor, Released(state.execution_id, known=False))]
@@ -66,7 +67,7 @@ def on_mail(state: Execution | Absent, mail: Mail, now: float) -> Decision:
 def _retire(step: Step, why: str) -> None:
     """Stop P for its successor, if anything of it runs or is about to; a finished P is left as it is."""
     state = step.state
-    if state.active or RESTART in state.timers:
+    if state.active or RESTART in state.deadlines:
         step.set(superseded=True)
         stop(step, f"stopping {why}" if state.active else f"stopped {why}")
 

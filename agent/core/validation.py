@@ -20,7 +20,7 @@ def window_passed(step: Step) -> None:
         return
     first = state.stable_at is None
     step.clear_timers(DEADLINE, WINDOW)
-    step.set(in_window=False, stable_at=state.stable_at if not first else step.now, recent_restarts=0)
+    step.set(in_window=False, stable_at=state.stable_at if not first else step.now.wall, recent_restarts=0)
     step.observe("running", "stable")
     previous = state.previous_execution_id
     if first and previous is not None and state.spec.update_strategy == "start_first":

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.boot import boot_time
 from agent.core.actions import Tell
+from agent.core.clock import Now
 from agent.core.events import DesiredReceived, ProcessExited, ProcessStarted, RollbackFrom, TimerFired
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
@@ -39,14 +41,14 @@ def gone_ref(attempt: int) -> ProcessRef:
 
 def prepare(state_dir: Path) -> tuple[Execution, Execution]:
     """P stopped for N, N failed before it was stable, and the rollback message still in the mailbox."""
-    now = time.time() - 60
+    now = Now(time.time() - 60, boot_time() - 60)
     p_doc = desired("p", command=sleeper())
     n_doc = {**desired("n", command=["false"], window_s=30), "previous_execution_id": "p"}
     p: Execution | Absent = Absent(execution_id="p", node_id=NODE)
     n: Execution | Absent = Absent(execution_id="n", node_id=NODE)
     for event in (received(p_doc), ProcessStarted(gone_ref(1)), TimerFired("window")):
         p, _ = decide(p, event, now)
-        now += 1
+        now = Now(now.wall + 1, now.boot + 1)
     n, actions = decide(n, received(n_doc), now)
     (handover,) = [a for a in actions if isinstance(a, Tell)]
     p, actions = decide(p, handover.event, now)

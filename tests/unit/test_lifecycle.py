@@ -7,6 +7,7 @@ revisions grow by exactly one per PublishStatus, and the last published document
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn
+from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
     DesiredReceived,
@@ -191,7 +193,7 @@ def run(
         else:
             event = item
         before = out.state
-        after, actions = decide(before, event, out.now)
+        after, actions = decide(before, event, Now(out.now, out.now))
         check_decision(before, after, actions)
         out.states.append(after)
         out.steps.append(actions)
@@ -424,7 +426,7 @@ def test_creation_publishes_pending_with_desired_then_starting_and_spawns() -> N
 def test_started_sets_window_and_deadline_timers() -> None:
     r = at("validating", window_s=10, deadline_s=60)
     e = r.execution
-    assert e.timers == {"window": T0 + 1 + 10, "deadline": T0 + 1 + 60}
+    assert e.deadlines == {"window": T0 + 1 + 10, "deadline": T0 + 1 + 60}
     assert e.process == ref(1)
     assert e.compute_reference == "pid:1001"
     assert not e.spawn_pending
@@ -436,7 +438,7 @@ def test_window_makes_it_stable() -> None:
     e = r.execution
     assert e.stable_at == T0 + 11
     assert e.observed.message == "stable"
-    assert e.timers == {}  # the deadline no longer applies
+    assert e.deadlines == {}  # the deadline no longer applies
     assert publishes(r.last)[0].document["stable_at"] == rfc3339(T0 + 11)
 
 
@@ -444,22 +446,22 @@ def test_zero_window_is_stable_at_once() -> None:
     r = at("validating", window_s=0)
     assert types_published(r.last) == ["validating", "running"]
     assert r.execution.stable_at == T0 + 1
-    assert "window" not in r.execution.timers
-    assert "deadline" not in r.execution.timers
+    assert "window" not in r.execution.deadlines
+    assert "deadline" not in r.execution.deadlines
 
 
 def test_deadline_before_stability_stops_then_fails() -> None:
     r = at("validating", deadline_s=5).then((6, timer("deadline")))
     assert signals(r.last) == ["SIGTERM"]
-    assert r.execution.timers["grace"] == T0 + 6 + 5
-    assert "deadline" not in r.execution.timers
+    assert r.execution.deadlines["grace"] == T0 + 6 + 5
+    assert "deadline" not in r.execution.deadlines
     r = r.then((7, exited(1, 143)))
     e = r.execution
     assert e.state_type == "failed"
     assert "validation failed" in e.observed.message
     assert e.stable_at is None
     assert e.run_output.exit_code == 143
-    assert e.timers == {}
+    assert e.deadlines == {}
 
 
 def test_deadline_escalates_to_sigkill_after_grace() -> None:
@@ -487,7 +489,7 @@ def test_crash_during_validation_restarts_with_next_restart_at() -> None:
     assert e.state_type == "starting"
     assert e.restart_count == 1
     assert e.recent_restarts == 1
-    assert e.timers == {"restart": T0 + 13, "deadline": T0 + 61}  # the deadline keeps running
+    assert e.deadlines == {"restart": T0 + 13, "deadline": T0 + 61}  # the deadline keeps running
     next_at = rfc3339(T0 + 13)
     assert e.observed.details == {"next_restart_at": next_at}
     assert e.run_output.exit_code == 1
@@ -509,7 +511,7 @@ def test_restart_timer_spawns_the_next_attempt_and_window_restarts() -> None:
     r = r.then((14, started(2)))
     e = r.execution
     assert e.state_type == "validating"
-    assert e.timers == {"window": T0 + 24, "deadline": T0 + 61}  # new window, same deadline
+    assert e.deadlines == {"window": T0 + 24, "deadline": T0 + 61}  # new window, same deadline
     assert e.run_output.exit_code is None  # a new attempt starts with fresh output
     r = r.then((24, timer("window")))
     assert r.execution.state_type == "running"
@@ -524,7 +526,7 @@ def test_crash_after_stability_waits_degraded_and_keeps_stable_at() -> None:
     r = r.then((21, timer("restart")), (22, started(2)))
     assert types_published(r.steps[-2]) == ["degraded"]
     assert types_published(r.last) == ["degraded"]
-    assert r.execution.timers == {"window": T0 + 32}  # no deadline for a stable execution
+    assert r.execution.deadlines == {"window": T0 + 32}  # no deadline for a stable execution
     r = r.then((32, timer("window")))
     assert r.execution.state_type == "running"
     assert r.execution.stable_at == T0 + 11
@@ -536,8 +538,8 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     now = 20.0
     for attempt in range(1, 7):
         r = r.then((now, exited(attempt, 1)))
-        delays.append(r.execution.timers["restart"] - (T0 + now))
-        now = r.execution.timers["restart"] - T0
+        delays.append(r.execution.deadlines["restart"] - (T0 + now))
+        now = r.execution.deadlines["restart"] - T0
         r = r.then((now, timer("restart")), (now, started(attempt + 1)))
         now += 1
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
@@ -548,7 +550,7 @@ def test_recent_restarts_reset_when_the_window_passes() -> None:
     r = at("restart-wait").then((13, timer("restart")), (14, started(2)), (24, timer("window")))
     assert r.execution.recent_restarts == 0
     r = r.then((30, exited(2, 1)))
-    assert r.execution.timers["restart"] == T0 + 31  # backoff starts again at backoff_s
+    assert r.execution.deadlines["restart"] == T0 + 31  # backoff starts again at backoff_s
     assert r.execution.restart_count == 2
 
 
@@ -557,14 +559,14 @@ def test_restarts_exhausted_fail() -> None:
     now = 2.0
     for attempt in (1, 2):
         r = r.then((now, exited(attempt, 1)))
-        now = r.execution.timers["restart"] - T0
+        now = r.execution.deadlines["restart"] - T0
         r = r.then((now, timer("restart")), (now, started(attempt + 1)))
     r = r.then((now + 1, exited(3, 1)))
     e = r.execution
     assert e.state_type == "failed"
     assert e.observed.message.endswith("restarts exhausted")
     assert e.restart_count == 2
-    assert e.timers == {}
+    assert e.deadlines == {}
 
 
 def test_spawn_failure_records_the_error_and_restarts() -> None:
@@ -574,7 +576,7 @@ def test_spawn_failure_records_the_error_and_restarts() -> None:
     assert e.run_output.exit_code is None
     assert e.state_type == "starting"
     assert "could not start" in e.observed.message
-    assert e.timers == {"restart": T0 + 2}
+    assert e.deadlines == {"restart": T0 + 2}
     assert not e.spawn_pending
     r = r.then((2, timer("restart")))
     assert [s.attempt for s in spawns(r.last)] == [2]
@@ -603,7 +605,7 @@ def test_lost_emits_an_event() -> None:
     assert event["execution_id"] == EID
     assert r.execution.run_output.exit_code is None
     assert r.execution.stable_at == T0 + 11
-    assert r.execution.timers == {}
+    assert r.execution.deadlines == {}
 
 
 def test_lost_is_restarted_under_the_restart_policy() -> None:
@@ -632,7 +634,7 @@ def test_spawn_lost_spawns_again_without_counting_a_restart() -> None:
 def test_stop_signal_grace_then_sigkill_then_stopped() -> None:
     r = at("running", signal="SIGINT", grace_s=3).then((20, desired(2, "stopped", with_spec=False)))
     assert signals(r.last) == ["SIGINT"]
-    assert r.execution.timers == {"grace": T0 + 23}
+    assert r.execution.deadlines == {"grace": T0 + 23}
     r = r.then((23, timer("grace")))
     assert signals(r.last) == ["SIGKILL"]
     assert publishes(r.last) == []
@@ -640,7 +642,7 @@ def test_stop_signal_grace_then_sigkill_then_stopped() -> None:
     e = r.execution
     assert e.state_type == "stopped"
     assert e.run_output.exit_code == -9
-    assert e.timers == {}
+    assert e.deadlines == {}
     assert e.process is None
 
 
@@ -651,14 +653,14 @@ def test_stop_while_spawn_pending_signals_once_started() -> None:
     r = r.then((1, started(1)))
     assert signals(r.last) == ["SIGTERM"]
     assert r.execution.state_type == "stopping"
-    assert "grace" in r.execution.timers
+    assert "grace" in r.execution.deadlines
     assert r.then((2, exited(1, 0))).execution.state_type == "stopped"
 
 
 def test_stop_while_spawn_pending_and_spawn_fails_is_stopped() -> None:
     r = at("starting").then((0.5, desired(2, "stopped")), (1, SpawnFailed(1, "nope")))
     assert r.execution.state_type == "stopped"
-    assert r.execution.timers == {}
+    assert r.execution.deadlines == {}
 
 
 def test_running_again_after_stopped_starts_a_new_attempt() -> None:
@@ -970,7 +972,7 @@ def test_huge_integer_window_is_refused_by_the_spec() -> None:
 def test_timeout_s_limits_the_run() -> None:
     r = at("validating", timeout_s=5, window_s=1).then((2, timer("window")))
     assert r.execution.state_type == "running"
-    assert r.execution.timers, "a timer must fire at started + timeout_s"
+    assert r.execution.deadlines, "a timer must fire at started + timeout_s"
     name, when = r.execution.next_timer or ("", 0.0)
     assert when <= T0 + 1 + 5
     r = r.then((6, timer(name)))
@@ -981,9 +983,38 @@ def test_timeout_s_limits_the_run() -> None:
 
 def test_window_does_not_fire_while_stopping_after_the_deadline() -> None:
     r = at("validating", deadline_s=5, grace_s=30).then((6, timer("deadline")))
-    assert "window" not in r.execution.timers
+    assert "window" not in r.execution.deadlines
     r = r.then((11, timer("window")))
     assert r.execution.state_type == "stopping"
     assert r.execution.stable_at is None
     r = r.then((36, timer("grace")), (37, exited(1, -9)))
     assert r.execution.state_type == "failed"
+
+
+def test_deadlines_are_on_the_boot_clock_and_published_times_on_the_wall_clock() -> None:
+    """Two clocks 1.7e9 s apart: a mix-up of the two would be off by decades, not by a little."""
+    boot = 500.0
+
+    def at(offset: float) -> Now:
+        return Now(wall=T0 + offset, boot=boot + offset)
+
+    state, _ = decide(
+        absent(), desired(1, spec=make_spec(policy="on-failure", backoff_s=4.0, window_s=10.0)), at(0)
+    )
+    state, _ = decide(state, started(1), at(1))
+    assert isinstance(state, Execution)
+    assert state.deadlines["window"] == boot + 1 + 10.0
+    state, actions = decide(state, exited(1, 1), at(3))
+    assert isinstance(state, Execution)
+    assert state.deadlines["restart"] == boot + 3 + 4.0
+    assert state.updated_at == T0 + 3
+    (published,) = publishes(actions)
+    next_at = published.document["observed_state"]["details"]["next_restart_at"]
+    assert datetime.fromisoformat(next_at).timestamp() == pytest.approx(T0 + 3 + 4.0)
+    # The wall clock stepped back an hour before the restart timer fired: the restart is still counted in
+    # real time, and the published time is the wall clock's.
+    stepped = Now(wall=T0 + 7 - 3600, boot=boot + 7)
+    state, actions = decide(state, timer("restart"), stepped)
+    assert spawns(actions)
+    assert isinstance(state, Execution)
+    assert state.updated_at == T0 + 7 - 3600

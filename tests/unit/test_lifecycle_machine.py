@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.core.actions import Action, ClearStatus, Forget, PublishStatus, Signal, Spawn
+from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
     DesiredReceived,
@@ -150,7 +151,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def apply(self, event: Event) -> list[Action]:
         before = self.state
-        after, actions = decide(before, event, self.now)
+        after, actions = decide(before, event, Now(self.now, self.now))
         self.check(before, after, actions)
         self.state = after
         self.play_executor(actions)
@@ -480,11 +481,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def fire(self, name: str) -> None:
         held = self.held()
         assert held is not None
-        assert held.timers[name] <= self.now
+        assert held.deadlines[name] <= self.now
         actions = self.apply(TimerFired(name))
         after = self.held()
         if after is not None:
-            assert name not in after.timers or after.timers[name] > self.now, "a fired timer is not left due"
+            assert name not in after.deadlines or after.deadlines[name] > self.now, (
+                "a fired timer is not left due"
+            )
         for a in actions:
             if isinstance(a, Signal) and a.signal == "SIGKILL":
                 assert name == "grace"
@@ -498,14 +501,14 @@ class LifecycleMachine(RuleBasedStateMachine):
     def tick(self, how: str, delta: float, extra: float, index: int) -> None:
         """Time moves forward, and the runtime fires a timer that is due (the next one, or any)."""
         held = self.held()
-        if how == "advance" or held is None or not held.timers:
+        if how == "advance" or held is None or not held.deadlines:
             self.now += delta
             return
         if how == "next":
-            name, deadline = min(held.timers.items(), key=lambda item: item[1])
+            name, deadline = min(held.deadlines.items(), key=lambda item: item[1])
             self.now = max(self.now, deadline + extra)
         else:
-            due = sorted(name for name, t in held.timers.items() if t <= self.now)
+            due = sorted(name for name, t in held.deadlines.items() if t <= self.now)
             if not due:
                 self.now += delta
                 return
@@ -533,13 +536,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         held = self.held()
         if held is None:
             return
-        if "restart" in held.timers:
+        if "restart" in held.deadlines:
             assert not held.active, "a restart is only waited for when nothing runs"
             assert "next_restart_at" in held.observed.details
-        if "grace" in held.timers:
+        if "grace" in held.deadlines:
             assert held.state_type == "stopping"
         if held.state_type in ("completed", "failed", "lost", "stopped"):
-            assert held.timers == {}, f"{held.state_type} holds timers {held.timers}"
+            assert held.deadlines == {}, f"{held.state_type} holds timers {held.deadlines}"
             assert not held.active
         if held.state_type in ("validating", "running") and held.publishing is None:
             assert held.process is not None

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.config import AgentConfig, MetricsConfig, parse_address
 from agent.core.actions import EmitEvent, PublishStatus
+from agent.core.clock import Now
 from agent.core.events import DesiredDeleted, DesiredReceived, ProcessExited, TimerFired
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution
@@ -146,7 +147,7 @@ def execution(execution_id: str, state_type: str, revision: int = 1) -> Executio
 
 def real_decision(state: Execution | Absent, event: Any, at: float = 990.0) -> Decided:
     """A decision made by the real (pure) lifecycle, as the runtime hands it to its observers."""
-    new, actions = decide(state, event, at)
+    new, actions = decide(state, event, Now(at, at))
     return Decided(state.execution_id, event, state, new, actions, at)
 
 

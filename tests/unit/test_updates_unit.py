@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from agent.core.actions import Action, EmitEvent, PublishStatus, Signal, Spawn, Tell
+from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
     DesiredReceived,
@@ -77,7 +78,7 @@ class Node:
 
     def apply(self, eid: str, event: Event) -> list[Action]:
         before = self.executions.get(eid, Absent(execution_id=eid, node_id=NODE))
-        after, actions = decide(before, event, self.now)
+        after, actions = decide(before, event, Now(self.now, self.now))
         self._check(eid, before, after, actions)
         self.executions[eid] = after
         for action in actions:
@@ -155,7 +156,7 @@ class Node:
 
     def fire(self, eid: str, name: str) -> list[Action]:
         """Let time run to ``eid``'s timer ``name`` and fire it."""
-        deadline = self.execution(eid).timers[name]
+        deadline = self.execution(eid).deadlines[name]
         self.now = max(self.now, deadline)
         return self.apply(eid, TimerFired(name))
 
@@ -674,7 +675,7 @@ def test_p_waiting_for_a_restart_is_stopped_and_releases_n() -> None:
     node.at(20).exited("p", 1)
     node.at(20.5).desired("n", previous="p")
     assert node.state_of("p") == "stopped"
-    assert "restart" not in node.execution("p").timers
+    assert "restart" not in node.execution("p").deadlines
     assert node.exchanged()[-1] == ("p", "n", Released("p", known=True))
     assert node.state_of("n") == "starting"
 
