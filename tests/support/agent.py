@@ -197,7 +197,8 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{node_id}.log"
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start it; ``env`` is added to this process's environment (libfaketime, for one)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.python or sys.executable), "-m", "agent", "run", "--config", str(self.config_path)],
@@ -206,6 +207,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
                 # `-m` puts the working directory first on sys.path: another version must not find this tree.
                 cwd=self.workdir if self.python else None,
+                env={**os.environ, **env} if env else None,
             )
 
     def signal(self, signum: int) -> None:
