@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -25,6 +26,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
+from agent.identity import IdentityConflict, check_alone
 from agent.metrics import Metrics
 from agent.mqtt import MqttLink
 from agent.names import id_problem
@@ -41,6 +43,7 @@ log = structlog.get_logger("agent.daemon")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+HOSTNAME = socket.gethostname()
 
 
 class Agent:
@@ -73,16 +76,22 @@ class Agent:
         )
         if config.mqtt.embedded:
             await self._stack.enter_async_context(embedded_broker(config.mqtt.host, config.mqtt.port))
+        settings = client_settings(
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            client_id=config.client_id,
+            keepalive_s=config.mqtt.keepalive_s,
+            username=config.mqtt.username,
+            password=config.mqtt_password(),
+            tls_context=tls_context(config),
+        )
+        # Before anything acts (the runtime re-adopts, resumes timers and starts workloads once it runs).
+        await check_alone(
+            settings, self.topics.node_status, config.node_id, self.store.instance_id, config.mqtt.keepalive_s
+        )
         self.link = MqttLink(
-            settings=client_settings(
-                host=config.mqtt.host,
-                port=config.mqtt.port,
-                client_id=config.client_id,
-                keepalive_s=config.mqtt.keepalive_s,
-                username=config.mqtt.username,
-                password=config.mqtt_password(),
-                tls_context=tls_context(config),
-            ),
+            settings=settings,
+            instance_id=self.store.instance_id,
             topics=self.topics,
             store=self.store,
             outbox=self.outbox,
@@ -135,6 +144,8 @@ class Agent:
             "node_id": self.config.node_id,
             "state": state,
             "agent_version": __version__,
+            "instance_id": self.store.instance_id,
+            "hostname": HOSTNAME,
             "started_at": rfc3339(self.started_at),
             "updated_at": rfc3339(time.time()),
             "executions": self.runtime.counts(),
@@ -192,6 +203,14 @@ async def _s3_credentials(config: AgentConfig) -> Callable[[], tuple[str, str] |
     return None
 
 
+def leaf(group: BaseExceptionGroup[IdentityConflict]) -> BaseException:
+    """The first exception of a group, however deeply nested (the link's loops nest theirs)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def to_event(parsed: Any) -> Event:
     if isinstance(parsed, Accepted):
         return DesiredReceived(parsed.document, parsed.digest)
@@ -201,7 +220,8 @@ def to_event(parsed: Any) -> Event:
 
 
 async def run_agent(config: AgentConfig) -> int:
-    """Run until SIGTERM or SIGINT; 0 on a clean stop, 1 if a loop failed, 2 if the agent cannot start."""
+    """Run until SIGTERM or SIGINT; 0 on a clean stop, 1 if a loop failed, 2 if the agent cannot start or
+    another agent acts for its node id."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -212,6 +232,10 @@ async def run_agent(config: AgentConfig) -> int:
             await stop.wait()
     except* (StoreError, BrokerStartError, ConfigError) as group:
         log.error("cannot start", error="; ".join(str(e) for e in group.exceptions))
+        code = EXIT_CONFIG
+    except* IdentityConflict as group:
+        # Whether at start or later: the other agent keeps the node, and a restart would not change that.
+        log.error("stopped: another agent acts for this node id", error=str(leaf(group)))
         code = EXIT_CONFIG
     except* Exception as group:
         log.error("agent failed", errors=[repr(e) for e in group.exceptions])

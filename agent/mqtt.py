@@ -2,9 +2,12 @@
 outbox out.
 
 Per connection: publish the node as ``online`` (retained; the will says ``offline``), subscribe to this
-node's desired topics with QoS 1 on a persistent session, then run two loops side by side: the receiver
-turns messages into core events, the publisher drains the outbox in order. A lost connection ends both;
-the session is re-established with capped exponential backoff and jitter.
+node's desired topics with QoS 1 on a persistent session, and to its node status, then run three loops
+side by side: the receiver turns messages into core events, the publisher drains the outbox in order,
+and a refresher republishes the node status every ``keepalive_s / 2`` (proof of life for
+agent/identity.py). A lost connection ends them; the session is re-established with capped exponential
+backoff and jitter. Another instance ``online`` under this node id, or a session taken over again and
+again, ends the link with :class:`IdentityConflict` instead: two agents must not fight over one node.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from agent.client_options import TIMEOUT_S
+from agent.identity import (
+    REFRESH_FRACTION,
+    IdentityConflict,
+    Takeovers,
+    conflict_error,
+    other_online,
+    parse_status,
+)
 from agent.protocol import Topics, dumps
 from agent.runtime import Outbox
 from agent.store import Message, Store
@@ -42,8 +53,13 @@ class MqttLink:
         outbox: Outbox,
         node_status: Callable[[str], dict[str, Any]],
         on_message: Callable[[str, bytes], None],
+        instance_id: str,
     ) -> None:
         self._settings = settings
+        self._instance_id = instance_id
+        self._refresh_s = float(settings["keepalive"]) * REFRESH_FRACTION
+        # Another client with our client id takes the session over within its reconnect backoff.
+        self._takeovers = Takeovers(short_s=BACKOFF_MAX_S + TIMEOUT_S)
         self.topics = topics
         self._store = store
         self._outbox = outbox
@@ -88,7 +104,25 @@ class MqttLink:
 
     async def _session(self) -> None:
         """One connection. Returns when an established connection is lost, so backoff starts afresh."""
+        try:
+            await self._connected_session()
+        except aiomqtt.MqttError:
+            self._count_takeover()
+            raise
+        self._count_takeover()
+
+    def _count_takeover(self) -> None:
+        if self._takeovers.ended(asyncio.get_running_loop().time()):
+            raise IdentityConflict(
+                f"{self._takeovers.describe()}: another client connects with this agent's client id "
+                f"{self._settings['identifier']!r} (another agent with this node id, or a copied "
+                "configuration). Stopping instead of fighting over the session: give each agent its own "
+                "node_id (or mqtt.client_id)."
+            )
+
+    async def _connected_session(self) -> None:
         async with self._new_client() as client:
+            self._takeovers.connected(asyncio.get_running_loop().time())  # CONNACK: the broker took us
             self._client = client
             lost: BaseException | None = None
             try:
@@ -96,12 +130,14 @@ class MqttLink:
                     self.topics.node_status, dumps(self._node_status("online")), qos=1, retain=True
                 )
                 await client.subscribe(self.topics.desired_filter, qos=1)
+                await client.subscribe(self.topics.node_status, qos=1)
                 self.connected.set()
                 self.first_attempt.set()
                 self.log.info("connected", subscribed=self.topics.desired_filter)
                 async with asyncio.TaskGroup() as loops:
                     loops.create_task(self._receive(client), name="mqtt-receive")
                     loops.create_task(self._publish(client), name="mqtt-publish")
+                    loops.create_task(self._refresh(), name="mqtt-refresh")
             except* aiomqtt.MqttError as group:
                 lost = group.exceptions[0]
             finally:
@@ -115,9 +151,28 @@ class MqttLink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            self._on_message(message.topic.value, bytes(payload))
+            payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+            if message.topic.value == self.topics.node_status:
+                self._watch_node_status(payload, retained=bool(message.retain))
+            else:
+                self._on_message(message.topic.value, payload)
         raise aiomqtt.MqttError("the message stream ended")
+
+    def _watch_node_status(self, payload: bytes, retained: bool) -> None:
+        """A live document of another instance under our node id: it is acting for this node right now.
+
+        A retained one is only history (the check at start judged it, and our own `online` replaces it).
+        """
+        document = parse_status(payload)
+        if not retained and other_online(document, self._instance_id):
+            assert document is not None
+            raise conflict_error(self.topics.node_id, document, "and published its node status just now")
+
+    async def _refresh(self) -> None:
+        """Republish the node status now and then, so another agent can tell a live one from a stale one."""
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            self._outbox.changed(node_status=True)
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         """The single writer of everything this node publishes: outbox rows in order, then node status."""
