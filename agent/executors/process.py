@@ -31,6 +31,9 @@ from agent.core.model import ProcessRef
 from agent.executors.logs import read_tail
 from agent.protocol import Spec
 
+# The files the supervisor writes, a contract between agent versions (docs/upgrade.md): a later agent
+# reads every earlier format, as supervisors of the old version outlive an upgrade.
+SUPERVISOR_FILES_FORMAT = 1
 TAIL_BYTES = 4096
 SPAWN_TIMEOUT_S = 10.0
 # Environment variables a workload inherits from the agent; everything else comes from its spec.

@@ -3,6 +3,8 @@
 # nothing extra, and it outlives the agent: the agent can be restarted or killed and re-adopts the
 # workload by reading the pid and exit files this script writes. See docs/design.md.
 #
+# Its files are format 1 of a contract between agent versions (docs/upgrade.md): change them only as it says.
+#
 # usage: supervisor.sh RUN_DIR ATTEMPT COMMAND [ARG...]
 #   RUN_DIR/stdout.log, RUN_DIR/stderr.log   the workload's output, appended across attempts
 #   RUN_DIR/pid-ATTEMPT                       the workload's pid
