@@ -113,3 +113,39 @@ async def test_windows_and_backoff_measure_real_time_across_a_restart_with_the_c
         assert abs(ts(validating["updated_at"]) - time.time()) < 60
     finally:
         agent.kill()
+
+
+async def test_a_wall_clock_step_while_the_agent_runs_moves_no_timer(
+    tmp_path: Path, broker: Broker, watching: Probe, state_dir: Path
+) -> None:
+    offset = tmp_path / "faketime"  # libfaketime reads the offset from this file at every clock call
+    offset.write_text("+0\n")
+    faked = {
+        "LD_PRELOAD": libfaketime(),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "DONT_FAKE_MONOTONIC": "1",
+    }
+    agent = AgentProcess(broker, tmp_path, state_dir=state_dir)
+    window = StatusLog(watching, "node-1", "window")
+    agent.start(env=faked)
+    try:
+        await watching.publish(
+            desired_topic("node-1", "window"),
+            desired("window", command=sleeper(), window_s=WINDOW_S),
+            retain=True,
+        )
+        validating = await window.wait_state("validating")
+        window_started = arrival(watching.messages, window.topic, validating)
+        offset.write_text(f"{SHIFT_S:+.0f}\n")  # NTP steps the clock 2 h ahead
+        stable = await window.wait(lambda d: d["stable_at"] is not None, timeout=WINDOW_S + 10, what="stable")
+        fired = arrival(watching.messages, window.topic, stable) - window_started
+        print(
+            f"\nwall clock stepped {SHIFT_S:+.0f} s in the window: the {WINDOW_S} s window fired after {fired:.2f} s"
+        )
+        assert fired >= WINDOW_S - 0.25
+        assert abs(ts(stable["stable_at"]) - time.time() - SHIFT_S) < 60, (
+            "published times follow the wall clock"
+        )
+    finally:
+        agent.kill()
