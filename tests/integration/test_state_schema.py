@@ -23,6 +23,8 @@ from tests.support.agent import (
     config_for,
     desired,
     desired_topic,
+    kill_group,
+    pid_of,
     running_agent,
     sleeper,
     state,
@@ -133,6 +135,9 @@ async def test_the_agent_runs_on_a_migrated_schema_1_state(
         # A deleted execution's high-water mark survived: created again, it continues from there.
         await probe.publish(desired_topic(NODE, "gone"), desired("gone", 2, command=sleeper()), retain=True)
         again = await gone.wait_state("running")
+        kill_group(
+            pid_of(again)
+        )  # the one workload this test started (the fixture's pids are another machine's)
         assert gone.revisions()[0] == 7
         assert again["revision"] > 7
     assert meta(state_dir)["schema_version"] == str(schema.VERSION)
