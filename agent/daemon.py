@@ -26,7 +26,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
-from agent.identity import IdentityConflict, check_alone
+from agent.identity import IdentityConflict
 from agent.metrics import Metrics
 from agent.mqtt import MqttLink
 from agent.names import id_problem
@@ -85,10 +85,6 @@ class Agent:
             password=config.mqtt_password(),
             tls_context=tls_context(config),
         )
-        # Before anything acts (the runtime re-adopts, resumes timers and starts workloads once it runs).
-        await check_alone(
-            settings, self.topics.node_status, config.node_id, self.store.instance_id, config.mqtt.keepalive_s
-        )
         self.link = MqttLink(
             settings=settings,
             instance_id=self.store.instance_id,
@@ -103,7 +99,9 @@ class Agent:
         self.link.on_published.append(self.metrics.observe_published)
         self.notifier = SystemdNotifier.from_environment()
         loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("runtime", self.runtime.run()),
+            # The runtime acts (re-adopts, resumes timers, starts workloads) once the link has checked that
+            # no other agent acts for this node id; the watchdog and the rest run meanwhile.
+            ("runtime", self.runtime.run(after=self.link.checked)),
             ("mqtt", self.link.run()),
             (
                 "workload-logs",

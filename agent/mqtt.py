@@ -26,6 +26,7 @@ from agent.identity import (
     REFRESH_FRACTION,
     IdentityConflict,
     Takeovers,
+    check_alone,
     conflict_error,
     other_online,
     parse_status,
@@ -69,6 +70,7 @@ class MqttLink:
         # Called with what was just acknowledged by the broker (metrics); must be quick and not raise.
         self.on_published: list[Callable[[list[Message]], None]] = []
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
+        self.checked = asyncio.Event()  # no other agent acts for this node id (agent/identity.py)
         self.connected = asyncio.Event()
         self.first_attempt = asyncio.Event()  # the first connection attempt has been made (either way)
         self.log = log.bind(node=topics.node_id)
@@ -78,7 +80,13 @@ class MqttLink:
         return aiomqtt.Client(**self._settings, will=will, clean_session=False)
 
     async def run(self) -> None:
-        """Stay connected forever; each broker outage is logged once per attempt, never raised."""
+        """Check that this agent is alone, then stay connected forever; each broker outage is logged once
+        per attempt, never raised."""
+        keepalive_s = float(self._settings["keepalive"])
+        await check_alone(
+            self._settings, self.topics.node_status, self.topics.node_id, self._instance_id, keepalive_s
+        )
+        self.checked.set()
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(aiomqtt.MqttError),

@@ -181,7 +181,9 @@ class Runtime:
             return
         self.outbox.changed()
 
-    async def run(self) -> None:
+    async def run(self, after: asyncio.Event) -> None:
+        """Decide events for ever, once ``after`` is set (queued events wait for it)."""
+        await after.wait()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
