@@ -113,7 +113,7 @@ class Store:
                 )
             try:
                 done = schema.migrate(self._db, at)
-            except sqlite3.DatabaseError as exc:
+            except Exception as exc:  # whatever stops a step (a full disk, a stored JSON it cannot read)
                 raise StoreError(
                     f"{self.path}: cannot migrate the state from schema version {found} to {schema.VERSION} "
                     f"({exc}); nothing was changed"
