@@ -73,21 +73,6 @@ ensure_broker() {
     export RECONCILE_MOSQUITTO="$path"
 }
 
-# Another program some tests need: apt-get installs it when root (as in CI); elsewhere those tests skip,
-# naming the package.
-ensure_tool() {  # usage: ensure_tool PROGRAM PACKAGE
-    if command -v "$1" >/dev/null 2>&1; then
-        echo "$1: $(command -v "$1")"
-    elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "$1 not found: apt-get install $2"
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq </dev/null \
-            && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$2" </dev/null \
-            || echo "apt-get install $2 failed: the tests that need $1 will skip"
-    else
-        echo "$1 not installed, and not root to apt-get install $2: the tests that need it will skip"
-    fi
-}
-
 step "set-up: .venv"
 ensure_venv
 .venv/bin/python --version
@@ -97,9 +82,6 @@ ensure_programs
 
 step "set-up: MQTT broker for the tests"
 ensure_broker
-
-step "set-up: libfaketime for the clock tests"
-ensure_tool faketime faketime
 
 step "ruff check"
 .venv/bin/ruff check agent tests bench examples

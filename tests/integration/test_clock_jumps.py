@@ -20,6 +20,7 @@ import pytest
 from tests.support.agent import AgentProcess, StatusLog, desired, desired_topic, sleeper, ts
 from tests.support.broker import Broker
 from tests.support.mqtt import Message, Probe
+from tests.support.programs import require
 from tests.support.wait import wait_until
 
 WINDOW_S = 4.0
@@ -29,13 +30,11 @@ KILL_AT_S = 1.5  # the agent is killed this far into the window and the backoff
 
 
 def libfaketime() -> str:
+    require("faketime")  # skips naming the package; it also brings the library the agent is started with
     found = sorted(
         glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1")
     )
-    if not found:
-        pytest.skip(
-            "libfaketime is not installed (Debian package `faketime`; scripts/test.sh installs it as root)"
-        )
+    assert found, "the faketime package is installed but libfaketime.so.1 is not where Debian puts it"
     return found[0]
 
 

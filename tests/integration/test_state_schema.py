@@ -34,6 +34,13 @@ from tests.support.mqtt import Probe
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NODE = "fixture-node"  # the node id the fixtures were made with
+FIXTURE_VERSIONS = sorted(
+    int(path.name.removeprefix("state-schema-")) for path in FIXTURES.glob("state-schema-*")
+)
+
+
+def test_there_is_a_fixture_of_the_current_schema() -> None:
+    assert FIXTURE_VERSIONS[-1] == schema.VERSION, "make one: tests/fixtures/make_fixture.py HEAD ..."
 
 
 def fixture_copy(version: int, into: Path) -> Path:
@@ -73,9 +80,11 @@ def test_schema_1_is_migrated_and_its_wall_clock_timers_keep_their_meaning(tmp_p
     assert before["backoff"], "the fixture has stored timers"
     store = Store(state_dir / "agent.db", NODE)
     executions = store.load()
+    assert store.never_accepted("bad") is not None, "a rejected-only execution has its own table now"
     store.close()
     assert meta(state_dir)["schema_version"] == str(schema.VERSION)
     offset = time.time() - boot_time()
+    del before["bad"]
     for eid, timers in before.items():
         deadlines = executions[eid].deadlines
         assert deadlines.keys() == timers.keys()
@@ -120,10 +129,11 @@ def test_a_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.
     assert "schema_version" not in meta(state_dir)
 
 
-async def test_the_agent_runs_on_a_migrated_schema_1_state(
-    tmp_path: Path, broker: Broker, probe: Probe
+@pytest.mark.parametrize("version", FIXTURE_VERSIONS)
+async def test_the_agent_runs_on_every_fixture_state(
+    tmp_path: Path, broker: Broker, probe: Probe, version: int
 ) -> None:
-    state_dir = fixture_copy(1, tmp_path)
+    state_dir = fixture_copy(version, tmp_path)
     await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
     window = StatusLog(probe, NODE, "window")
     gone = StatusLog(probe, NODE, "gone")

@@ -23,6 +23,7 @@ from tests.support import old_agent
 from tests.support.agent import AgentProcess, StatusLog, desired, desired_topic, pid_alive, pid_of, sleeper
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
+from tests.support.programs import require
 from tests.support.wait import wait_until
 
 # The agent before the state schema had a version (tests/fixtures/state-schema-1 was made with it).
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require("git")
     try:
         old_agent.resolve(PREVIOUS)
     except (subprocess.CalledProcessError, FileNotFoundError):

@@ -67,6 +67,12 @@ PROGRAMS: dict[str, Program] = {
         Program("setsid", "util-linux", "gives every workload its own session (the supervisor)"),
         Program("env", "coreutils", "restores default signals for every workload (the supervisor)"),
         Program("sync", "coreutils", "makes every exit file durable (the supervisor)"),
+        Program(
+            "faketime",
+            "faketime",
+            "brings libfaketime, which moves the agent's wall clock in tests/integration/test_clock_jumps.py",
+        ),
+        Program("git", "git", "installs the previous agent from a git ref (the upgrade and fixture tests)"),
     )
 }
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.actions import PublishStatus, Signal, Spawn
+from agent.core.clock import Now
 from agent.core.events import DesiredReceived, Event, ProcessStarted, TimerFired
 from agent.core.lifecycle import WINDOW, decide
 from agent.core.model import Absent, Execution, ProcessRef
@@ -206,7 +207,7 @@ def _running() -> Execution:
         (T0 + 3, TimerFired(WINDOW)),
     ]
     for now, event in events:
-        state, _ = decide(state, event, now)
+        state, _ = decide(state, event, Now(now, now))
     assert isinstance(state, Execution)
     assert state.state_type == "running"
     return state
@@ -217,7 +218,7 @@ RUNNING = _running()
 
 def check_decision(before: Execution | Absent, payload: bytes) -> None:
     parsed = parse(payload)
-    after, actions = decide(before, to_event(parsed), T0 + 10)
+    after, actions = decide(before, to_event(parsed), Now(T0 + 10, T0 + 10))
     assert isinstance(after, Execution | Absent)
     published = [a for a in actions if isinstance(a, PublishStatus)]
     assert [p.revision for p in published] == list(
