@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
+from agent.core.clock import Now
 from agent.core.events import DesiredRejected
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted
@@ -29,6 +30,7 @@ from tests.support import fuzz
 
 NODE = "node-1"
 T0 = 1_800_000_000.0
+AT = Now(T0, T0)
 MAX_BYTES = 262_144
 
 
@@ -61,7 +63,7 @@ def pending(execution_id: str, generation: int = 1) -> bytes:
 @given(fuzz.desired_payloads("x-1"))
 def test_a_rejection_from_nothing_is_kept_exactly_and_nothing_accepted_is(payload: bytes) -> None:
     parsed = parse_desired("x-1", payload, MAX_BYTES)
-    after, _ = decide(Absent(execution_id="x-1", node_id=NODE, revision=7), to_event(parsed), T0)
+    after, _ = decide(Absent(execution_id="x-1", node_id=NODE, revision=7), to_event(parsed), AT)
     if not isinstance(after, Execution):
         return  # deleted: nothing to keep
     record = NeverAccepted.of(after)
@@ -76,7 +78,7 @@ def test_a_rejection_from_nothing_is_kept_exactly_and_nothing_accepted_is(payloa
 
 def test_an_execution_with_anything_more_than_its_rejection_is_not_compacted() -> None:
     rejected, _ = decide(
-        Absent(execution_id="p", node_id=NODE), DesiredRejected(None, "payload is not JSON", "d"), T0
+        Absent(execution_id="p", node_id=NODE), DesiredRejected(None, "payload is not JSON", "d"), AT
     )
     assert isinstance(rejected, Execution)
     assert NeverAccepted.of(rejected) is not None
@@ -98,7 +100,7 @@ def test_an_old_whole_never_accepted_row_still_loads_and_is_moved(tmp_path: Path
     old, _ = decide(
         Absent(execution_id="old", node_id=NODE, revision=4),
         to_event(parse_desired("old", bad("old"), MAX_BYTES)),
-        T0,
+        AT,
     )
     assert isinstance(old, Execution)
     store.close()
