@@ -181,9 +181,10 @@ class Runtime:
             return
         self.outbox.changed()
 
-    async def run(self, after: asyncio.Event) -> None:
-        """Decide events for ever, once ``after`` is set (queued events wait for it)."""
-        await after.wait()
+    async def run(self, after: asyncio.Event | None = None) -> None:
+        """Decide events for ever, once ``after`` is set if given (queued events wait for it)."""
+        if after is not None:
+            await after.wait()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
