@@ -549,11 +549,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         if held.publishing is not None:
             assert not held.active, "results are published once the workload has ended"
             assert held.observed.message == "publishing results"
-            assert "publish_deadline" in held.timers
-            assert ("publish_retry" in held.timers) != held.publishing.in_flight
+            assert "publish_deadline" in held.deadlines
+            assert ("publish_retry" in held.deadlines) != held.publishing.in_flight
         else:
-            assert "publish_deadline" not in held.timers
-            assert "publish_retry" not in held.timers
+            assert "publish_deadline" not in held.deadlines
+            assert "publish_retry" not in held.deadlines
         if held.state_type == "completed" and held.spec is not None and held.spec.publisher is not None:
             assert held.published_results is not None, "completed with a publisher means published"
 

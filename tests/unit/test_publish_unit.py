@@ -53,7 +53,7 @@ def test_an_exit_that_completes_publishes_first_keeping_the_state_type() -> None
     assert e.run_output.exit_code == 0
     [publish] = publishes_of(r.last)
     assert (publish.attempt, publish.try_no, publish.exit_code, publish.job_id) == (1, 1, 0, EID)
-    assert e.timers == {PUBLISH_DEADLINE: T0 + 5 + 100}  # validation deadline and window are gone
+    assert e.deadlines == {PUBLISH_DEADLINE: T0 + 5 + 100}  # validation deadline and window are gone
 
 
 def test_the_revision_that_completes_carries_published_results() -> None:
@@ -65,7 +65,7 @@ def test_the_revision_that_completes_carries_published_results() -> None:
     [doc] = [a.document for a in r.last if hasattr(a, "document")]
     assert doc["published_results"] == RESULTS.model_dump(mode="json")
     assert e.publishing is None
-    assert e.timers == {}
+    assert e.deadlines == {}
 
 
 def test_a_failed_try_is_retried_with_backoff_doubling_to_a_minute() -> None:
@@ -78,10 +78,10 @@ def test_a_failed_try_is_retried_with_backoff_doubling_to_a_minute() -> None:
         details = e.observed.details["publishing"]
         assert details["attempts"] == n
         assert details["last_error"] == "connection refused"
-        delays.append(e.timers[PUBLISH_RETRY] - now)
-        assert details["next_attempt_at"] == rfc3339(e.timers[PUBLISH_RETRY])
+        delays.append(e.deadlines[PUBLISH_RETRY] - now)
+        assert details["next_attempt_at"] == rfc3339(e.deadlines[PUBLISH_RETRY])
         assert e.state_type == "validating"
-        r = r.then((e.timers[PUBLISH_RETRY] - T0, timer(PUBLISH_RETRY)))
+        r = r.then((e.deadlines[PUBLISH_RETRY] - T0, timer(PUBLISH_RETRY)))
         [again] = publishes_of(r.last)
         assert again.try_no == n + 1
         assert types_published(r.last) == []  # the retry itself publishes no revision
@@ -97,7 +97,7 @@ def test_the_deadline_fails_it_with_the_last_error_and_keeps_the_exit_code() -> 
         "publishing results failed: cannot connect to http://127.0.0.1:9; publisher.deadline_s passed"
     )
     assert e.run_output.exit_code == 0
-    assert e.timers == {}
+    assert e.deadlines == {}
     assert e.publishing is None
 
 
@@ -170,7 +170,7 @@ def test_a_stop_while_publishing_abandons_it() -> None:
     assert e.state_type == "stopped"
     assert e.observed.message == "stopped by request; results not published"
     assert e.publishing is None
-    assert PUBLISH_DEADLINE not in e.timers
+    assert PUBLISH_DEADLINE not in e.deadlines
     assert r.then(Published(1, RESULTS)).execution == e  # the try in flight reports too late
 
 
