@@ -127,8 +127,10 @@ class Runtime:
         self.outbox = outbox
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
         self.executions: dict[str, Execution] = store.load()
+        self.clock = Clock(asyncio.get_running_loop())  # created inside the agent's loop
         if store.previous_boot is not None:
-            self.executions = {eid: after_reboot(e) for eid, e in self.executions.items()}
+            moment = self.clock.moment()
+            self.executions = {eid: after_reboot(e, moment) for eid, e in self.executions.items()}
             store.start_boot(self.executions.values())
             log.info(
                 "the machine rebooted since the state was stored: old deadlines dropped", node=topics.node_id
@@ -137,7 +139,6 @@ class Runtime:
         self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: asyncio.TaskGroup | None = None
-        self.clock = Clock(asyncio.get_running_loop())  # created inside the agent's loop
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
         self.observers: list[Callable[[Decided], None]] = []

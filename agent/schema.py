@@ -53,6 +53,8 @@ def _deadlines_on_the_boot_clock(db: sqlite3.Connection, at: Moment) -> None:
         state = json.loads(text)
         timers = state.pop("timers", {})
         state["deadlines"] = {name: deadline - offset for name, deadline in timers.items()}
+        if "timeout" in timers:  # what was published as details.timeout_at, kept as published (wall clock)
+            state["timeout_at"] = timers["timeout"]
         db.execute(
             "UPDATE executions SET state = ? WHERE execution_id = ?", (json.dumps(state), execution_id)
         )

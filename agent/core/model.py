@@ -92,6 +92,9 @@ class Execution(_Frozen):
     deadlines: dict[str, float] = Field(
         default_factory=dict
     )  # timer name -> seconds since boot (core/clock.py)
+    # The wall-clock time the timeout deadline fell at when it was set: published as details.timeout_at
+    # while that deadline is set (a stored time, so a status does not change with every reading of the clocks).
+    timeout_at: float | None = None
     recent_restarts: int = 0  # restarts since the last run that passed its window: drives backoff
     deleting: bool = False
     stop_outcome: str | None = None  # why the agent stops it on its own: it lands in failed with this

@@ -42,6 +42,7 @@ def on_started(step: Step, ref: ProcessRef) -> None:
         return
     if state.spec.timeout_s is not None and TIMEOUT not in state.deadlines:
         step.set_timer(TIMEOUT, state.spec.timeout_s)  # restarts keep it: it counts from the run's start
+        step.set(timeout_at=step.now.wall + state.spec.timeout_s)
     if DEADLINE not in state.deadlines and state.stable_at is None:
         step.set_timer(DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
     if state.spec.probe is None:

@@ -41,9 +41,8 @@ def _published_results(execution: Execution) -> dict[str, Any] | None:
 def _details(execution: Execution) -> dict[str, Any]:
     """The execution's details, plus ``timeout_at`` while ``spec.timeout_s`` counts (the job's timeout_at)."""
     details = dict(execution.details)
-    timeout_at = execution.deadlines.get(TIMEOUT)
-    if timeout_at is not None:
-        details["timeout_at"] = rfc3339(timeout_at)
+    if TIMEOUT in execution.deadlines and execution.timeout_at is not None:
+        details["timeout_at"] = rfc3339(execution.timeout_at)  # wall clock: the deadline is on the boot clock
     return details
 
 
