@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import AgentProcess, desired, desired_topic, pid_of, status_topic
+from tests.support.agent import AgentProcess, desired, desired_topic, node_topic, pid_of, status_topic
 from tests.support.broker import Broker
 from tests.support.mqtt import Message, Probe
 from tests.support.wait import wait_until
@@ -28,6 +28,17 @@ pytestmark = pytest.mark.slow
 NODE = "node-1"
 CYCLERS = 15  # workloads that exit and are restarted over and over, each with its own exit code
 SLEEPERS = 5  # workloads that run throughout and must never be restarted
+THICK = 200  # transitions the kill -9 test must see, so that its kills land among them
+MAX_KILLS = 40
+
+
+def transitions_so_far(probe: Probe) -> int:
+    """State changes seen so far, counted as check_history counts them (without its checks)."""
+    count = 0
+    for revisions in statuses_by_execution(probe.messages).values():
+        states = [_json(next(iter(revisions[n])))["observed_state"]["state_type"] for n in sorted(revisions)]
+        count += sum(1 for a, b in itertools.pairwise(states) if a != b)
+    return count
 
 
 def cycler_code(index: int) -> int:
@@ -137,13 +148,27 @@ async def test_kill_9_at_random_points_loses_and_repeats_nothing(
                 )
                 sleepers_first[f"sleep-{i}"] = pid_of(document.json())
             kills = 0
-            while kills < 12:
+            # At least 12 kills, and on until the stream is dense enough to mean something: each start
+            # of the agent takes a while (identity check, imports), and a slow machine fits fewer
+            # transitions between kills. Bounded: a stream that never thickens fails below.
+            while kills < 12 or (transitions_so_far(probe) < THICK and kills < MAX_KILLS):
                 await asyncio.sleep(rng.uniform(0.1, 1.2))  # chaos timing, not synchronisation
                 agent.kill()
                 kills += 1
                 # Let workloads exit while the agent is away, sometimes.
                 await asyncio.sleep(rng.choice([0.0, 0.0, 0.5, 1.0]))
+                mark = probe.mark()
                 agent.start()
+                # The random kill lands in the agent's working life, not in its start-up (about a second
+                # of imports and checks before it acts), which would leave nothing to kill it among.
+                await probe.wait_for(
+                    lambda m: (
+                        m.topic == node_topic(NODE) and bool(m.payload) and m.json()["state"] == "online"
+                    ),
+                    after=mark,
+                    timeout=30,
+                    what="the agent online again",
+                )
             await stop_all(probe)
             await wait_until(
                 lambda: (
@@ -161,7 +186,7 @@ async def test_kill_9_at_random_points_loses_and_repeats_nothing(
             for execution_id, pid in sleepers_first.items():
                 assert pid_of(final[execution_id]) == pid
         print(f"{transitions} transitions across {CYCLERS + SLEEPERS} executions, {kills} kill -9s")
-        assert transitions >= 200, f"only {transitions} transitions: the stream was too thin"
+        assert transitions >= THICK, f"only {transitions} transitions: the stream was too thin"
     finally:
         agent.kill()
 
