@@ -135,6 +135,7 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await self._stack.__aexit__(exc_type, exc, tb)
+        self.runtime.executor.release()
         self.log.info("agent stopped")
 
     def node_status(self, state: str) -> dict[str, Any]:
@@ -147,7 +148,18 @@ class Agent:
             "started_at": rfc3339(self.started_at),
             "updated_at": rfc3339(time.time()),
             "executions": self.runtime.counts(),
-            "capabilities": {"engines": ["process"], "publishers": self.publishers.types},
+            "capabilities": self.capabilities(),
+        }
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this agent accepts (PROTOCOL.md, node status): built here only, one key per concern."""
+        containment = self.runtime.executor.containment
+        return {
+            "engines": ["process"],
+            "probes": ["exec", "http", "tcp"],
+            "publishers": self.publishers.types,
+            "containment": containment.kind,
+            "limits": containment.limits,
         }
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -167,7 +179,7 @@ class Agent:
                 self.log.warning("desired document rejected", topic=topic, reason=reason)
             return
         parsed = parse_desired(execution_id, payload, self._max_payload)
-        self.runtime.submit(execution_id, to_event(self._servable(parsed)))
+        self.runtime.submit(execution_id, to_event(self._enforceable(self._servable(parsed))))
 
     def _servable(self, parsed: Parsed) -> Parsed:
         """Reject on arrival a spec whose publisher this node cannot serve (a stop never needs one)."""
@@ -182,6 +194,21 @@ class Agent:
         if problem is None:
             return parsed
         return Rejected(document.generation, problem, parsed.digest)
+
+    def _enforceable(self, parsed: Parsed) -> Parsed:
+        """``parsed``, or its rejection if it asks for limits this node cannot enforce (never ignored; a stop
+        never needs them)."""
+        if not isinstance(parsed, Accepted) or parsed.document.spec is None:
+            return parsed
+        if parsed.document.desired_state.state_type == "stopped":
+            return parsed
+        resources = parsed.document.spec.resources
+        refusal = (
+            None if resources is None else self.runtime.executor.containment.refusal(list(resources.values))
+        )
+        if refusal is None:
+            return parsed
+        return Rejected(parsed.document.generation, f"spec.resources: {refusal}", parsed.digest)
 
     @property
     def _max_payload(self) -> int:

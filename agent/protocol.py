@@ -221,6 +221,21 @@ def s3_key(publisher: S3Publisher, job_id: str, execution_id: str) -> str:
     return f"{publisher.key_prefix}{job_id}/{archive_name(execution_id)}"
 
 
+class Resources(_Strict):
+    """Limits of one workload (all of its processes), enforced by its cgroup's controllers."""
+
+    memory_max_bytes: Annotated[StrictInt, Field(ge=4096, le=1 << 62)] | None = None
+    pids_max: Annotated[StrictInt, Field(ge=1, le=1 << 22)] | None = None
+    cpu_max: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1 << 16, allow_inf_nan=False)] | None = (
+        None  # cores
+    )
+
+    @property
+    def values(self) -> dict[str, float | int]:
+        """The limits set, by name."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class Spec(_Strict):
     engine: Literal["process"] = "process"
     command: Annotated[list[StrictStr], Field(min_length=1)]
@@ -233,6 +248,7 @@ class Spec(_Strict):
     update_strategy: Literal["stop_first", "start_first"] = "stop_first"
     timeout_s: PositiveSeconds | None = None
     publisher: Publisher | None = None
+    resources: Resources | None = None
 
 
 class DesiredDocument(_Strict):

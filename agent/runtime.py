@@ -212,6 +212,8 @@ class Runtime:
                     revision=self.store.high_water(execution_id),
                 )
             )
+        if isinstance(state, Execution):
+            state = self._sampled(state, event)
         try:
             new, actions = decide(state, event, self.clock.moment())
         except Exception:
@@ -260,6 +262,13 @@ class Runtime:
             self._carry_out(action, bound)
         self._schedule(execution_id, new)
         self._sync_probe(new)
+
+    def _sampled(self, state: Execution, event: Event) -> Execution:
+        """``state`` with a fresh usage sample of its workload's cgroup, so whatever the decision
+        publishes carries one (a few small reads; nothing without a cgroup)."""
+        ref = event.ref if isinstance(event, ProcessStarted) else state.process
+        usage = None if ref is None else self.executor.usage(ref, self.clock.now())
+        return state if usage is None else state.model_copy(update={"usage": usage})
 
     def _sync_probe(self, state: Execution | Absent) -> None:
         try:
@@ -385,10 +394,26 @@ class Runtime:
         async for attempt in _persistently():
             with attempt:
                 await self.executor.wait(ref)
+                # Gone means every process of it: leftovers in its cgroup are killed (or, in a stop, get
+                # the rest of the grace period) and waited for before anyone hears it ended.
+                remains = await self.executor.clear(ref, lambda: self._stopping(execution_id, ref))
                 outcome = self.executor.outcome(execution_id, ref.attempt)
         self.submit(
-            execution_id, ProcessExited(ref.attempt, outcome.exit_code, outcome.stdout, outcome.stderr)
+            execution_id,
+            ProcessExited(
+                ref.attempt,
+                outcome.exit_code,
+                outcome.stdout,
+                outcome.stderr,
+                leftovers=remains.leftovers,
+                oom_kills=remains.oom_kills,
+                usage=remains.usage,
+            ),
         )
+
+    def _stopping(self, execution_id: str, ref: ProcessRef) -> bool:
+        current = self.executions.get(execution_id)
+        return current is not None and current.process == ref and current.state_type == "stopping"
 
     async def _signal_retrying(self, execution_id: str, ref: ProcessRef, name: str) -> None:
         async for attempt in _persistently():
@@ -403,6 +428,7 @@ class Runtime:
         """Re-adopt what the agent had started before it stopped, and account for what ended meanwhile."""
         for seq, recipient, text in self.store.mail():  # decided before the stop, not yet acted on
             self.submit(recipient, mailbox.decode(text), seq)
+        known: set[str] = set()
         for execution_id, execution in self.executions.items():
             self._sync_probe(execution)
             self._schedule(execution_id, execution)
@@ -417,6 +443,8 @@ class Runtime:
                 self.submit(execution_id, ProcessStarted(ref))
             if ref is None:
                 continue
+            if ref.cgroup is not None:
+                known.add(ref.cgroup)
             bound = self.log.bind(execution=execution_id, revision=execution.revision, pid=ref.pid)
             try:
                 alive = self.executor.is_alive(ref)
@@ -425,6 +453,13 @@ class Runtime:
             else:
                 bound.info("re-adopting" if alive else "ended while the agent was away")
             self._background(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
+        # Cgroups of attempts no one accounts for (the agent died between creating one and recording its
+        # spawn, or after a workload ended and before its cgroup was removed): nothing in them may run on.
+        for cgroup in self.executor.orphan_cgroups(known):
+            self.log.warning(
+                "killing and removing an attempt's cgroup nobody accounts for", cgroup=str(cgroup)
+            )
+            self._background(self.executor.discard(cgroup), f"discard:{cgroup.name}")
 
 
 def _persistently() -> AsyncRetrying:

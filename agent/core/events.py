@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.core.model import ProcessRef
+from agent.core.model import ProcessRef, Usage
 from agent.protocol import DesiredDocument, PublishedResults
 
 
@@ -54,12 +54,20 @@ class Tail:
 
 @dataclass(frozen=True)
 class ProcessExited:
-    """The workload of ``attempt`` is gone; ``exit_code`` None means nobody recorded how it ended."""
+    """The workload of ``attempt`` is gone; ``exit_code`` None means nobody recorded how it ended.
+
+    With a cgroup, every process of it is gone: ``leftovers`` were still there when the main process
+    had ended (killed, unless a stop was under way), ``oom_kills`` the OOM killer's victims in it, and
+    ``usage`` what it used in all.
+    """
 
     attempt: int
     exit_code: int | None
     stdout: Tail = Tail()
     stderr: Tail = Tail()
+    leftovers: int = 0
+    oom_kills: int = 0
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from agent.core.step import (
     PUBLISH_RETRY,
     RESTART,
     TIMEOUT,
+    USAGE,
     WINDOW,
     Decision,
     Step,
@@ -101,6 +102,7 @@ def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
             if state.process is not None and event.attempt == state.process.attempt:
                 step.set(
                     process=None,
+                    usage=event.usage or state.usage,
                     run_output=RunOutput(
                         stdout=event.stdout.text,
                         stdout_truncated=event.stdout.truncated,
@@ -109,7 +111,8 @@ def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
                         exit_code=event.exit_code,
                     ),
                 )
-                return on_gone(step, event.exit_code, why=None)
+                why, note = _exit_account(event)
+                return on_gone(step, event.exit_code, why=why, note=note)
         case ProbeResult(attempt=attempt, ok=ok, detail=detail):
             if state.process is not None and attempt == state.process.attempt:
                 on_probe(step, ok, detail)
@@ -172,6 +175,28 @@ def _on_timer(step: Step, name: str) -> None:
         last = state.publishing.last_error
         why = "still not published" if last is None else last
         _publishing_failed(step, f"{why}; publisher.deadline_s passed")
+    elif name == USAGE and state.process is not None:
+        step.refresh_usage()
+
+
+def _exit_account(event: ProcessExited) -> tuple[str | None, str]:
+    """How the end of a contained workload reads: (why it failed, if not its exit code; a note)."""
+    why = None
+    if event.oom_kills and event.exit_code not in (None, 0):
+        why = f"killed by the OOM killer: over its memory limit (spec.resources.memory_max_bytes), exit code {event.exit_code}"
+    notes = []
+    if event.oom_kills and why is None:
+        notes.append(f"the OOM killer killed {_processes(event.oom_kills)} of it")
+    if event.leftovers:
+        if event.exit_code is None:
+            notes.append(f"its supervisor was gone; {_processes(event.leftovers)} left running, killed")
+        else:
+            notes.append(f"{_processes(event.leftovers)} left after the main process exited, killed")
+    return why, "; ".join(notes)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _kill(step: Step) -> Signal:

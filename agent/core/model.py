@@ -30,6 +30,7 @@ class ProcessRef(_Frozen):
     started: float
     supervisor_pid: int
     supervisor_started: float
+    cgroup: str | None = None  # the attempt's cgroup directory; None where process groups contain it
 
     @property
     def compute_reference(self) -> str:
@@ -54,6 +55,15 @@ class Publishing(_Frozen):
     failures: int = 0
     last_error: str | None = None
     next_try_at: float | None = None
+
+
+class Usage(_Frozen):
+    """What one attempt's cgroup has used, sampled at ``at`` (wall-clock epoch seconds)."""
+
+    cpu_seconds: float
+    processes: int
+    memory_bytes: int | None  # None without the memory controller
+    at: float
 
 
 class Absent(_Frozen):
@@ -95,6 +105,7 @@ class Execution(_Frozen):
     # The wall-clock time the timeout deadline fell at when it was set: published as details.timeout_at
     # while that deadline is set (a stored time, so a status does not change with every reading of the clocks).
     timeout_at: float | None = None
+    usage: Usage | None = None  # the latest sample of the current (or last) attempt, published or not
     recent_restarts: int = 0  # restarts since the last run that passed its window: drives backoff
     deleting: bool = False
     stop_outcome: str | None = None  # why the agent stops it on its own: it lands in failed with this

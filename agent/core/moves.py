@@ -10,7 +10,7 @@ from agent.core import publish
 from agent.core.actions import ClearStatus, Forget, Signal, Spawn
 from agent.core.events import Released, RollbackFrom
 from agent.core.model import Absent, ProcessRef
-from agent.core.step import DEADLINE, GRACE, RESTART, TIMEOUT, WINDOW, Decision, Step
+from agent.core.step import DEADLINE, GRACE, RESTART, TIMEOUT, USAGE, WINDOW, Decision, Step
 from agent.protocol import ObservedStateType, RunOutput
 
 
@@ -103,10 +103,13 @@ def failed(step: Step, reason: str) -> None:
         step.tell(state.previous_execution_id, RollbackFrom(state.execution_id))
 
 
-def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
-    """The workload ended (or never started): settle, restart, or finish a stop or deletion."""
+def on_gone(step: Step, exit_code: int | None, why: str | None, note: str = "") -> Decision:
+    """The workload ended (or never started): settle, restart, or finish a stop or deletion.
+
+    ``note`` (leftover processes killed, say) is added to whichever message the status gets.
+    """
     state = step.state
-    step.clear_timers(WINDOW, GRACE)
+    step.clear_timers(WINDOW, GRACE, USAGE)
     step.set(in_window=False, probe_passing=False)
     if state.state_type == "stopping":
         if state.deleting:
@@ -122,21 +125,25 @@ def on_gone(step: Step, exit_code: int | None, why: str | None) -> Decision:
         elif state.desired is not None and state.desired.state_type == "running":
             start(step)  # asked to run again while it was stopping
         else:
-            step.observe("stopped", exit_message("stopped by request", exit_code))
+            step.observe("stopped", _noted(exit_message("stopped by request", exit_code), note))
         return step.done()
     if exit_code is None and why is None:
         # Lost is published as its own revision; a policy that restarts failures then restarts it too, so a
         # service lost while the agent was away comes back, and a batch job (policy never) stays lost.
-        reason = "the workload ended while nobody recorded its exit status"
+        reason = _noted("the workload ended while nobody recorded its exit status", note)
         step.emit("lost", reason=reason)
         step.observe("lost", reason)
         if not restart(step, None, reason):
             step.clear_timers(DEADLINE, TIMEOUT)
         return step.done()
-    why = why or exit_message("exited", exit_code)
+    why = _noted(why or exit_message("exited", exit_code), note)
     if not restart(step, exit_code, why):
         settle(step, exit_code, why)
     return step.done()
+
+
+def _noted(message: str, note: str) -> str:
+    return f"{message}; {note}" if note else message
 
 
 def _release_successor(step: Step) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.core.model import Execution
+from agent.core.model import Execution, Usage
 from agent.core.timers import TIMEOUT
 from agent.protocol import rfc3339
 
@@ -59,3 +59,13 @@ def event_document(
     event_type: str, node_id: str, execution_id: str | None, at: float, **fields: Any
 ) -> dict[str, Any]:
     return {"type": event_type, "node_id": node_id, "execution_id": execution_id, "at": rfc3339(at), **fields}
+
+
+def usage_document(usage: Usage) -> dict[str, Any]:
+    """details.usage: what the attempt's processes used, all of them together."""
+    return {
+        "cpu_seconds": round(usage.cpu_seconds, 3),
+        "processes": usage.processes,
+        "memory_bytes": usage.memory_bytes,
+        "at": rfc3339(usage.at),
+    }

@@ -8,7 +8,7 @@ from agent.core.actions import Action, EmitEvent, PublishStatus, Tell
 from agent.core.clock import Now
 from agent.core.events import Mail
 from agent.core.model import Absent, Execution
-from agent.core.status import event_document, status_document, status_view
+from agent.core.status import event_document, status_document, status_view, usage_document
 from agent.core.timers import (
     DEADLINE,
     GRACE,
@@ -16,6 +16,8 @@ from agent.core.timers import (
     PUBLISH_RETRY,
     RESTART,
     TIMEOUT,
+    USAGE,
+    USAGE_REFRESH_S,
     WINDOW,
 )
 from agent.protocol import ObservedState, ObservedStateType, rfc3339
@@ -27,6 +29,8 @@ __all__ = [
     "PUBLISH_RETRY",
     "RESTART",
     "TIMEOUT",
+    "USAGE",
+    "USAGE_REFRESH_S",
     "WINDOW",
     "Decision",
     "Step",
@@ -63,14 +67,24 @@ class Step:
             return  # nothing changed at all since it was published
         if self._published is None and self._published_state is not None:
             self._published = status_view(self._published_state)
-        view = status_view(self.state)
-        if view == self._published:
+        if status_view(self.state) == self._published:
             return
+        self.refresh_usage()
         self.set(revision=self.state.revision + 1, updated_at=self.now.wall)
-        self._published = view
+        self._published = status_view(self.state)
         self.actions.append(
             PublishStatus(self.state.execution_id, self.state.revision, status_document(self.state))
         )
+
+    def refresh_usage(self) -> None:
+        """Put the latest usage sample in details.usage: every revision carries a fresh one, and while
+        the workload runs a revision for the usage alone is due USAGE_REFRESH_S after the last."""
+        usage = self.state.usage
+        if usage is None:
+            return
+        self.set_detail("usage", usage_document(usage))
+        if self.state.process is not None:
+            self.set_timer(USAGE, USAGE_REFRESH_S)
 
     def emit(self, event_type: str, **fields: Any) -> None:
         s = self.state

@@ -7,3 +7,5 @@ RESTART = "restart"  # restart backoff: time for the next attempt
 TIMEOUT = "timeout"  # spec.timeout_s: the run has gone on too long, counted from its first start
 PUBLISH_RETRY = "publish_retry"  # results: time for the next try after a failed one
 PUBLISH_DEADLINE = "publish_deadline"  # results: publisher.deadline_s after the workload ended
+USAGE = "usage"  # details.usage is this old: publish a fresh sample even though nothing else changed
+USAGE_REFRESH_S = 60.0

@@ -20,6 +20,8 @@ import select
 import shutil
 import signal as signals
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +29,9 @@ from pathlib import Path
 import psutil
 
 from agent.core.events import Tail
-from agent.core.model import ProcessRef
+from agent.core.model import ProcessRef, Usage
+from agent.executors import cgroups
+from agent.executors.cgroups import Containment, open_containment
 from agent.executors.logs import read_tail
 from agent.protocol import Spec
 
@@ -63,6 +67,15 @@ class Outcome:
     exit_code: int | None
     stdout: Tail
     stderr: Tail
+
+
+@dataclass(frozen=True)
+class Remains:
+    """What a contained attempt left when its main process had gone: see :meth:`ProcessExecutor.clear`."""
+
+    leftovers: int = 0
+    oom_kills: int = 0
+    usage: Usage | None = None
 
 
 def _supervisor_script() -> str:
@@ -107,8 +120,9 @@ def is_same_process(pid: int, started: float) -> bool:
 
 
 class ProcessExecutor:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, containment: Containment | None = None) -> None:
         self.root = state_dir / "executions"
+        self.containment = containment if containment is not None else open_containment(state_dir)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pidfds = 0  # held by watches now
 
@@ -159,11 +173,25 @@ class ProcessExecutor:
         if shutil.which(program, path=env.get("PATH")) is None:
             raise SpawnError(f"command {program!r} was not found or is not executable")
         run_dir = self.run_dir(execution_id)
+        cgroup = self.containment.attempt_cgroup(run_dir.name, attempt)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._fresh_output_dir(execution_id, attempt)
-            for stale in (run_dir / f"pid-{attempt}", run_dir / f"exit-{attempt}"):
+            for stale in (
+                run_dir / f"pid-{attempt}",
+                run_dir / f"exit-{attempt}",
+                run_dir / f"cgroup-{attempt}",
+            ):
                 stale.unlink(missing_ok=True)
+            if cgroup is not None:
+                # Created, and named in cgroup-N, before the supervisor starts: the supervisor's child joins
+                # it before its first instruction (supervisor.sh), and a re-adoption finds it by that file.
+                limits = spec.resources.values if spec.resources is not None else {}
+                cgroups.create(cgroup, self.containment.controllers, limits)
+                (run_dir / f"cgroup-{attempt}").write_text(f"{cgroup}\n")
+        except OSError as exc:
+            raise SpawnError(f"cannot create the workload's cgroup: {exc}") from exc
+        try:
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
                     ["/bin/sh", _supervisor_script(), str(run_dir), str(attempt), *spec.command],
@@ -175,6 +203,7 @@ class ProcessExecutor:
                     start_new_session=True,
                 )
         except OSError as exc:
+            self._drop_cgroup(cgroup)
             raise SpawnError(f"cannot start the supervisor: {exc}") from exc
         pid: int | None = None
         try:
@@ -185,10 +214,12 @@ class ProcessExecutor:
                 started=start_time(pid) or 0.0,
                 supervisor_pid=supervisor.pid,
                 supervisor_started=start_time(supervisor.pid) or 0.0,
+                cgroup=None if cgroup is None else str(cgroup),
             )
         except BaseException:
             # Nothing half-started may outlive a failed spawn: the caller will count it as not running.
             _abandon(supervisor, pid)
+            self._drop_cgroup(cgroup)
             raise
         self._children[supervisor.pid] = supervisor
         return ref
@@ -205,7 +236,10 @@ class ProcessExecutor:
             written = pid_file.stat().st_mtime
         except (OSError, ValueError):
             return None
-        gone = ProcessRef(attempt=attempt, pid=pid, started=-1.0, supervisor_pid=-1, supervisor_started=-1.0)
+        cgroup = self.recorded_cgroup(execution_id, attempt)
+        gone = ProcessRef(
+            attempt=attempt, pid=pid, started=-1.0, supervisor_pid=-1, supervisor_started=-1.0, cgroup=cgroup
+        )
         try:
             workload = psutil.Process(pid)
             parent = workload.parent()
@@ -225,7 +259,15 @@ class ProcessExecutor:
             started=started,
             supervisor_pid=parent.pid,
             supervisor_started=supervisor_started,
+            cgroup=cgroup,
         )
+
+    def recorded_cgroup(self, execution_id: str, attempt: int) -> str | None:
+        """The cgroup an attempt was given (its cgroup-N file), or None."""
+        try:
+            return (self.run_dir(execution_id) / f"cgroup-{attempt}").read_text().strip() or None
+        except OSError:
+            return None
 
     def running_attempts(self) -> list[tuple[str, int, Path]]:
         """Every (execution, attempt, pid file) whose workload is alive on this machine right now."""
@@ -308,10 +350,34 @@ class ProcessExecutor:
     # --- stop -------------------------------------------------------------------------------------
 
     def signal(self, ref: ProcessRef, name: str) -> bool:
-        """Send ``name`` to the workload's process group; False if it is gone (or its pid was reused)."""
+        """Send ``name`` to every process of the workload; False if none is left (or its pid was reused).
+
+        With a cgroup, that is every process in it, wherever it went (``setsid``, double forks), and
+        SIGKILL goes through ``cgroup.kill``; without, the workload's process group.
+        """
+        signum = signals.Signals[name]
+        if ref.cgroup is None:
+            return self._signal_group(ref, signum)
+        cgroup = Path(ref.cgroup)
+        if signum == signals.SIGKILL:
+            delivered = set(cgroups.procs(cgroup))  # read first: killed, they leave it
+            cgroups.kill(cgroup)
+        else:
+            delivered = cgroups.signal_all(cgroup, signum)
+        # Within a moment of its spawn the workload may not have joined its cgroup yet (or joined after
+        # cgroup.procs was read): it has no children then, and signalling it alone is the same. Once, as
+        # a second SIGTERM can mean "hurry"; SIGKILL goes to the cgroup again for what it forked meanwhile.
+        if ref.pid not in delivered and is_same_process(ref.pid, ref.started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(ref.pid, signum)
+                delivered.add(ref.pid)
+                if signum == signals.SIGKILL:
+                    cgroups.kill(cgroup)
+        return bool(delivered)
+
+    def _signal_group(self, ref: ProcessRef, signum: int) -> bool:
         if not is_same_process(ref.pid, ref.started):
             return False
-        signum = signals.Signals[name]
         try:
             os.killpg(ref.pid, signum)
         except ProcessLookupError:
@@ -322,6 +388,62 @@ class ProcessExecutor:
             except ProcessLookupError:
                 return False
         return True
+
+    async def clear(self, ref: ProcessRef, stopping: Callable[[], bool]) -> Remains:
+        """After the supervisor has gone: wait until nothing of the attempt is left, and remove its cgroup.
+
+        Processes still in the cgroup are killed at once, unless ``stopping()``: then the stop's grace
+        period (and its SIGKILL, through :meth:`signal`) runs its course. Nothing to do without a cgroup.
+        """
+        if ref.cgroup is None:
+            return Remains()
+        cgroup = Path(ref.cgroup)
+        leftovers = len(cgroups.procs(cgroup))
+        if leftovers and not stopping():
+            cgroups.kill(cgroup)
+        await cgroups.wait_empty(cgroup)
+        remains = Remains(leftovers, cgroups.oom_kills(cgroup), self.usage(ref, time.time()))
+        cgroups.remove(cgroup)
+        return remains
+
+    def usage(self, ref: ProcessRef, at: float) -> Usage | None:
+        """What the attempt's cgroup has used so far; None without a cgroup (or once it is removed)."""
+        if ref.cgroup is None:
+            return None
+        cgroup = Path(ref.cgroup)
+        try:
+            return Usage(
+                cpu_seconds=cgroups.cpu_seconds(cgroup),
+                processes=len(cgroups.procs(cgroup)),
+                memory_bytes=cgroups.memory_bytes(cgroup),
+                at=at,
+            )
+        except (OSError, ValueError):
+            return None
+
+    def orphan_cgroups(self, known: set[str]) -> list[Path]:
+        """Attempt cgroups no reference names: left by a crash between their creation and the spawn's record."""
+        workloads = self.containment.workloads
+        if workloads is None:
+            return []
+        return [d for d in workloads.iterdir() if d.is_dir() and str(d) not in known]
+
+    async def discard(self, cgroup: Path) -> None:
+        """Kill whatever is in ``cgroup``, wait until it is empty, and remove it."""
+        cgroups.kill(cgroup)
+        await cgroups.wait_empty(cgroup, kill_each_round=True)
+        cgroups.remove(cgroup)
+
+    def release(self) -> None:
+        """On a clean exit: remove this agent's workloads cgroup if no workload is left in it."""
+        if self.containment.workloads is not None:
+            cgroups.release(self.containment.workloads)
+
+    def _drop_cgroup(self, cgroup: Path | None) -> None:
+        """Remove the cgroup of a spawn that failed (its processes, if any, were killed by then)."""
+        if cgroup is not None:
+            with contextlib.suppress(OSError):  # else the sweep at the next start removes it
+                cgroups.discard_now(cgroup)
 
     def remove(self, execution_id: str) -> None:
         """Delete the execution's directory: its pid and exit files, all its logs (rotated ones too) and its

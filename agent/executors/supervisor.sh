@@ -10,14 +10,25 @@
 #   RUN_DIR/pid-ATTEMPT                       the workload's pid
 #   RUN_DIR/exit-ATTEMPT                      its exit status (128 + n for death by signal n), written
 #                                             atomically (temp file, fsync, rename, fsync of the dir)
+#   RUN_DIR/cgroup-ATTEMPT                    read, if the agent wrote it: the directory of the attempt's
+#                                             cgroup, which the workload joins before it execs
 # The first line on stdout is the workload's pid; then stdout is closed.
 
 d=$1
 n=$2
 shift 2
-# setsid gives the workload its own session and process group (the agent signals the whole group, never
-# this supervisor); it execs in the same process, so $! is the workload's pid from the start.
-setsid env --default-signal -- "$@" </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
+cg=
+[ -e "$d/cgroup-$n" ] && read -r cg <"$d/cgroup-$n"
+# setsid gives the workload its own session and process group (without a cgroup the agent signals the
+# whole group, never this supervisor); it execs in the same process, so $! is the workload's pid from the
+# start. With a cgroup, the forked shell first moves itself into it ("0" names the writer: no fork, no
+# exec more), so everything the workload ever starts is in it; this supervisor stays outside, to live
+# through cgroup.kill and record the exit status. 125 if it cannot join: the workload never runs uncontained.
+if [ -n "$cg" ]; then
+	{ echo 0 >"$cg/cgroup.procs" || exit 125; exec setsid env --default-signal -- "$@"; } </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
+else
+	setsid env --default-signal -- "$@" </dev/null >>"$d/stdout.log" 2>>"$d/stderr.log" &
+fi
 child=$!
 # Stray signals must not kill the supervisor (it would take the exit status with it). Set only after the
 # fork, so the workload never starts with TERM ignored; `env --default-signal` also restores the INT and

@@ -26,3 +26,4 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     finally:
         # Workloads outlive the agent by design, so a test must stop them itself.
         leftovers.kill(leftovers.workloads_under(tmp_path))
+        leftovers.remove_cgroups(path)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from agent.core.model import ProcessRef
+from agent.executors.cgroups import Containment
 from agent.executors.process import (
     TAIL_BYTES,
     ProcessExecutor,
@@ -37,9 +38,15 @@ def spec(command: list[str], **fields: Any) -> Spec:
     return Spec.model_validate({"command": command, **fields})
 
 
-@pytest.fixture
-def executor(state_dir: Path) -> ProcessExecutor:
-    return ProcessExecutor(state_dir)
+@pytest.fixture(params=["cgroup", "process-group"])
+def executor(state_dir: Path, request: pytest.FixtureRequest) -> ProcessExecutor:
+    """Each contract holds with either containment: a cgroup per attempt, or the fallback."""
+    if request.param == "process-group":
+        return ProcessExecutor(state_dir, Containment(kind="process-group", reason="chosen by the test"))
+    executor = ProcessExecutor(state_dir)
+    if executor.containment.kind != "cgroup":
+        pytest.skip(f"not run: this machine gives the agent no cgroups ({executor.containment.reason})")
+    return executor
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -169,8 +176,9 @@ async def test_signal_refuses_a_ref_whose_start_time_does_not_match_the_pid(
 ) -> None:
     ref = await executor.spawn(EID, 1, spec(["sleep", "300"]))
     wait_exec(ref.pid, ["sleep", "300"])
-    # Same pid, another start time: what a recycled pid looks like.
-    impostor = ref.model_copy(update={"started": ref.started - 1000.0})
+    # Same pid, another start time: what a recycled pid looks like. (With a cgroup a pid is never what is
+    # signalled: every process in the attempt's cgroup is, whatever became of the first one's pid.)
+    impostor = ref.model_copy(update={"started": ref.started - 1000.0, "cgroup": None})
 
     assert executor.signal(impostor, "SIGKILL") is False
     assert pid_alive(ref.pid)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from agent.executors import cgroups
+
 ENV_TOKEN = "PYTEST_LEFTOVER_GUARD"  # not RECONCILE_*: the agent reads those as configuration
 
 
@@ -132,3 +134,14 @@ def kill(leftovers: list[Leftover]) -> None:
         with contextlib.suppress(psutil.Error):
             processes.append(psutil.Process(leftover.pid))
     psutil.wait_procs(processes, timeout=10)
+
+
+def remove_cgroups(state_dir: Path) -> None:
+    """Kill what is left in the cgroups of the agents of ``state_dir`` and remove them (kill -9 tests
+    leave them, and the agent keeps them across restarts by design)."""
+    workloads = cgroups.workloads_dir(state_dir)
+    if workloads is None or not workloads.is_dir():
+        return
+    for attempt in [d for d in workloads.iterdir() if d.is_dir()]:
+        cgroups.discard_now(attempt, timeout_s=10.0)
+    cgroups.release(workloads)

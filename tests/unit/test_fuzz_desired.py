@@ -24,6 +24,7 @@ from agent.core.events import DesiredReceived, Event, ProcessStarted, TimerFired
 from agent.core.lifecycle import WINDOW, decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.daemon import to_event
+from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
 from agent.protocol import (
     Accepted,
@@ -46,6 +47,8 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
+
+NO_CGROUPS = Containment(kind="process-group", reason="a unit test makes no cgroups")
 
 
 def parse(payload: bytes) -> Parsed:
@@ -187,7 +190,7 @@ def test_nesting_that_is_no_trouble_is_accepted() -> None:
 def test_an_accepted_execution_id_names_a_directory_of_its_own(execution_id: str, tmp_path: Path) -> None:
     document = json.dumps(document_text(execution_id=execution_id)).encode()
     if isinstance(parse_desired(execution_id, document, MAX_BYTES), Accepted):
-        executor = ProcessExecutor(tmp_path)
+        executor = ProcessExecutor(tmp_path, NO_CGROUPS)
         assert executor.run_dir(execution_id).resolve().parent == executor.root.resolve()
 
 

@@ -21,6 +21,7 @@ from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted
 from agent.core.status import status_document
 from agent.daemon import to_event
+from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
 from agent.protocol import Accepted, Rejected, Topics, parse_desired
 from agent.results.publishers import Publishers
@@ -32,6 +33,8 @@ NODE = "node-1"
 T0 = 1_800_000_000.0
 AT = Now(T0, T0)
 MAX_BYTES = 262_144
+
+NO_CGROUPS = Containment(kind="process-group", reason="a unit test makes no cgroups")
 
 
 def bad(execution_id: str, generation: int = 1, command: object = None) -> bytes:
@@ -135,7 +138,7 @@ class Node:
         self.store = Store(state_dir / "agent.db", NODE)
         self.runtime = Runtime(
             self.store,
-            ProcessExecutor(state_dir),
+            ProcessExecutor(state_dir, NO_CGROUPS),
             Topics("reconcile/v1", NODE),
             Outbox(),
             Publishers.local_only(state_dir / "results"),

@@ -378,6 +378,7 @@ def test_the_protocol_example_is_accepted_as_written() -> None:
     # The probe model holds every kind, the unused ones as null.
     assert dumped["spec"]["probe"].pop("exec") is None
     assert dumped["spec"]["probe"].pop("tcp") is None
+    assert dumped["spec"].pop("resources") is None  # optional, and not in the example
     assert dumped == EXAMPLE
 
 
