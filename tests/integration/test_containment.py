@@ -82,6 +82,16 @@ def escaped_pids(pids: Path) -> list[int]:
     return [int(p) for p in pids.read_text().split()]
 
 
+async def run_escaping(probe: Probe, state_dir: Path, tmp_path: Path) -> tuple[list[int], Path]:
+    """The escaping workload, running: its pids (main first) and its cgroup, which holds them all."""
+    command, pid_file = escaping(tmp_path)
+    started = await run(probe, command)
+    processes = [pid_of(started), *escaped_pids(pid_file)]
+    cgroup = attempt_cgroup(state_dir)
+    assert set(processes) <= set(cgroups.procs(cgroup))
+    return processes, cgroup
+
+
 def attempt_cgroup(state_dir: Path, eid: str = EID, attempt: int = 1) -> Path:
     return Path((state_dir / "executions" / eid / f"cgroup-{attempt}").read_text().strip())
 
@@ -96,17 +106,13 @@ async def test_capabilities_say_cgroup_and_what_can_be_limited(node: dict[str, A
 async def test_stop_kills_daemons_that_left_the_process_group(
     node: dict[str, Any], probe: Probe, state_dir: Path, tmp_path: Path
 ) -> None:
-    command, pid_file = escaping(tmp_path)
-    started = await run(probe, command)
-    escaped = escaped_pids(pid_file)
-    cgroup = attempt_cgroup(state_dir)
-    assert all(os.getsid(p) != pid_of(started) or os.getpgid(p) != pid_of(started) for p in escaped[:1])
-    assert set(escaped) <= set(cgroups.procs(cgroup))
+    processes, cgroup = await run_escaping(probe, state_dir, tmp_path)
+    assert os.getsid(processes[1]) != os.getsid(processes[0])  # the setsid one left the session
 
     stopped = await stop(probe)
 
     # Published only once nothing is left: no wait here.
-    assert not any(pid_alive(p) for p in [pid_of(started), *escaped])
+    assert not any(pid_alive(p) for p in processes)
     assert not cgroup.exists()
     assert stopped["details"]["usage"]["processes"] == 0
 
@@ -114,16 +120,13 @@ async def test_stop_kills_daemons_that_left_the_process_group(
 async def test_deletion_kills_daemons_that_left_the_process_group(
     node: dict[str, Any], probe: Probe, state_dir: Path, tmp_path: Path
 ) -> None:
-    command, pid_file = escaping(tmp_path)
-    started = await run(probe, command)
-    escaped = escaped_pids(pid_file)
-    cgroup = attempt_cgroup(state_dir)
+    processes, cgroup = await run_escaping(probe, state_dir, tmp_path)
     mark = probe.mark()
 
     await probe.publish(desired_topic(NODE, EID), b"", retain=True)
 
     await probe.wait_for(lambda m: m.topic == status_topic(NODE, EID) and not m.payload, 30, after=mark)
-    assert not any(pid_alive(p) for p in [pid_of(started), *escaped])
+    assert not any(pid_alive(p) for p in processes)
     assert not cgroup.exists()
 
 
