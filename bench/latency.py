@@ -55,6 +55,7 @@ import aiomqtt  # noqa: E402
 import yaml  # noqa: E402
 
 from tests.support.broker import Broker, BrokerError  # noqa: E402
+from tests.support.leftovers import remove_cgroups  # noqa: E402
 
 PREFIX = "reconcile/v1"
 NODE_ID = "bench-node"
@@ -694,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(run(args, Path(tmp)))
         except* (BenchError, BrokerError, OSError, aiomqtt.MqttError) as group:
             failures.extend(group.exceptions)
+        finally:
+            remove_cgroups(Path(tmp) / "state")  # the workloads' cgroups, where the agent made them
     if result is None or failures:
         for error in failures:
             print(f"benchmark failed: {error}", file=sys.stderr)

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.broker import Broker  # noqa: E402
+from tests.support.leftovers import remove_cgroups  # noqa: E402
 
 NODE = "bench-node"
 PREFIX = "reconcile/v1"
@@ -135,6 +136,8 @@ def kill_workloads(root: Path) -> None:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             continue
+    for state_dir in root.glob("**/state"):
+        remove_cgroups(state_dir)  # and what escaped the group, with the workloads' cgroups
 
 
 async def main() -> int:
