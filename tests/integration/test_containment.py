@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -313,3 +315,42 @@ async def test_pids_and_cpu_limits_are_set_on_the_attempts_cgroup(
     await run(probe, ["sleep", "600"], resources={limit: value})
     assert (attempt_cgroup(state_dir) / file).read_text().strip() == text
     await stop(probe)
+
+
+async def test_in_a_cgroup_of_its_own_the_agent_moves_into_a_leaf_and_puts_workloads_beside_it(
+    broker: Broker, probe: Probe, tmp_path: Path, state_dir: Path
+) -> None:
+    """The layout under systemd's Delegate=yes, with a cgroup made here standing in for the service's."""
+    mount = cgroups.unified_mount(Path("/proc/self/mountinfo").read_text())
+    if mount is None:
+        pytest.skip("not run: no cgroup v2 hierarchy here")
+    service = mount[1] / f"test-service-{os.getpid()}-{tmp_path.name[-12:]}"
+    try:
+        service.mkdir()
+    except OSError as exc:
+        pytest.skip(f"not run: cannot create a cgroup here ({exc})")
+    agent = AgentProcess(broker, tmp_path / "agent", state_dir=state_dir)
+    command = [sys.executable, "-m", "agent", "run", "--config", str(agent.config_path)]
+    with agent.log_path.open("ab") as log:
+        agent.proc = subprocess.Popen(
+            ["sh", "-c", 'echo 0 >"$0/cgroup.procs" && exec "$@"', str(service), *command],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+    workloads = service / cgroups.workloads_dir(state_dir).name  # type: ignore[union-attr]
+    try:
+        await probe.subscribe(f"reconcile/v1/nodes/{NODE}/#")
+        started = await run(probe, ["sleep", "600"])
+        assert agent.proc.pid in cgroups.procs(service / "agent")  # with the supervisors, its children
+        assert cgroups.procs(service) == []
+        assert cgroups.procs(workloads / f"{EID}-1") == [pid_of(started)]
+        await stop(probe)
+        assert not (workloads / f"{EID}-1").exists()
+    finally:
+        agent.kill()
+        cgroups.kill(service)  # all of it was made by this test: supervisors in agent/ included
+        await wait_until(lambda: not cgroups.populated(service), timeout=10, what="test cgroup emptied")
+        for leftover in [*workloads.glob("*/"), workloads, service / "agent", service]:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.rmdir()
