@@ -267,7 +267,11 @@ class Runtime:
         """``state`` with a fresh usage sample of its workload's cgroup, so whatever the decision
         publishes carries one (a few small reads; nothing without a cgroup)."""
         ref = event.ref if isinstance(event, ProcessStarted) else state.process
-        usage = None if ref is None else self.executor.usage(ref, self.clock.now())
+        try:
+            usage = None if ref is None else self.executor.usage(ref, self.clock.now())
+        except Exception:  # a figure is never worth a decision: decide without a fresh one
+            self.log.exception("cannot sample usage", execution=state.execution_id)
+            usage = None
         return state if usage is None else state.model_copy(update={"usage": usage})
 
     def _sync_probe(self, state: Execution | Absent) -> None:

@@ -31,6 +31,7 @@ from agent.results.publishers import Publishers
 from agent.runtime import Outbox, Runtime
 from agent.store import Store
 from tests.support.agent import desired, kill_group, pid_alive
+from tests.support.leftovers import remove_cgroups
 from tests.support.wait import wait_until
 
 T = TypeVar("T")
@@ -181,6 +182,7 @@ async def scenario(
         for pid in executor.pids:
             if pid_alive(pid):
                 kill_group(pid)
+        remove_cgroups(state_dir)
         store.close()
 
 
