@@ -6,7 +6,8 @@ Contracts (each is relied on by the runtime and tested in tests/integration/test
 - ``wait`` returns when the supervisor has gone, whether or not it is our child (after an agent restart
   it is not); the exit status, if any, is on disk by then.
 - ``signal`` is safe at any time, even for a workload that is gone or never started: it checks the
-  process start time first, so a recycled pid is never signalled.
+  process start time first, so a recycled pid is never signalled. With a cgroup (agent/executors/cgroups.py)
+  it reaches every process in the attempt's cgroup, and ``clear`` returns only once none is left.
 - ``outcome`` never invents an exit code: None unless the supervisor wrote one.
 """
 
@@ -184,14 +185,7 @@ class ProcessExecutor:
             ):
                 stale.unlink(missing_ok=True)
             if cgroup is not None:
-                # Created, and named in cgroup-N, before the supervisor starts: the supervisor's child joins
-                # it before its first instruction (supervisor.sh), and a re-adoption finds it by that file.
-                limits = spec.resources.values if spec.resources is not None else {}
-                cgroups.create(cgroup, self.containment.controllers, limits)
-                (run_dir / f"cgroup-{attempt}").write_text(f"{cgroup}\n")
-        except OSError as exc:
-            raise SpawnError(f"cannot create the workload's cgroup: {exc}") from exc
-        try:
+                self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
                     ["/bin/sh", _supervisor_script(), str(run_dir), str(attempt), *spec.command],
@@ -223,6 +217,18 @@ class ProcessExecutor:
             raise
         self._children[supervisor.pid] = supervisor
         return ref
+
+    def _prepare_cgroup(self, cgroup: Path, record: Path, spec: Spec) -> None:
+        """Create the attempt's cgroup with its limits and name it in ``cgroup-N``, before the supervisor
+        starts: the supervisor's child joins it before its first instruction (supervisor.sh), and a
+        re-adoption finds it by that file."""
+        limits = spec.resources.values if spec.resources is not None else {}
+        try:
+            cgroups.create(cgroup, self.containment.controllers, limits)
+            record.write_text(f"{cgroup}\n")
+        except OSError as exc:
+            self._drop_cgroup(cgroup)
+            raise SpawnError(f"cannot create the workload's cgroup: {exc}") from exc
 
     def find(self, execution_id: str, attempt: int) -> ProcessRef | None:
         """Rebuild the reference of an attempt whose spawn the agent did not live to record.
