@@ -18,6 +18,15 @@ async def watching(probe: Probe) -> Probe:
     return probe
 
 
+@pytest.fixture(autouse=True)
+def no_cgroups_left(tmp_path: Path) -> Iterator[None]:
+    """After every test (and its fixtures), the cgroups of every agent whose state lay under its tmp_path
+    are emptied and removed: an agent killed with workloads running leaves them, by design."""
+    yield
+    for database in tmp_path.rglob("agent.db"):
+        leftovers.remove_cgroups(database.parent)
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "state"
