@@ -344,7 +344,12 @@ async def test_in_a_cgroup_of_its_own_the_agent_moves_into_a_leaf_and_puts_workl
         started = await run(probe, ["sleep", "600"])
         assert agent.proc.pid in cgroups.procs(service / "agent")  # with the supervisors, its children
         assert cgroups.procs(service) == []
-        assert cgroups.procs(workloads / f"{EID}-1") == [pid_of(started)]
+        # It joins its cgroup a moment after the spawn reported its pid (supervisor.sh).
+        wait_until_sync(
+            lambda: cgroups.procs(workloads / f"{EID}-1") == [pid_of(started)],
+            timeout=10,
+            what="workload joined",
+        )
         await stop(probe)
         assert not (workloads / f"{EID}-1").exists()
     finally:

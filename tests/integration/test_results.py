@@ -139,7 +139,10 @@ async def test_s3_results_are_uploaded_with_the_bytes_the_status_describes(
     config = with_s3(config_for(broker, state_dir), tmp_path)
     async with running_agent(config):
         node = await watching.wait_for(lambda m: m.topic == node_topic(NODE), 10, what="node status")
-        assert node.json()["capabilities"] == {"engines": ["process"], "publishers": ["local", "s3"]}
+        capabilities = node.json()[
+            "capabilities"
+        ]  # containment and limits: tests/integration/test_containment.py
+        assert (capabilities["engines"], capabilities["publishers"]) == (["process"], ["local", "s3"])
         doc = {**desired("job-2", command=WRITER, publisher=s3_publisher(s3)), "job_id": "batch"}
         await watching.publish(desired_topic(NODE, "job-2"), doc, retain=True)
         done = await StatusLog(watching, NODE, "job-2").wait_state("completed")
