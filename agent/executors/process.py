@@ -365,6 +365,9 @@ class ProcessExecutor:
         if ref.cgroup is None:
             return self._signal_group(ref, signum)
         cgroup = Path(ref.cgroup)
+        # Looked up first: if it joins the cgroup just after cgroup.procs is read, cgroup.kill kills it
+        # and its supervisor may reap it before it could be looked up again.
+        ours = is_same_process(ref.pid, ref.started)
         if signum == signals.SIGKILL:
             delivered = set(cgroups.procs(cgroup))  # read first: killed, they leave it
             cgroups.kill(cgroup)
@@ -373,12 +376,12 @@ class ProcessExecutor:
         # Within a moment of its spawn the workload may not have joined its cgroup yet (or joined after
         # cgroup.procs was read): it has no children then, and signalling it alone is the same. Once, as
         # a second SIGTERM can mean "hurry"; SIGKILL goes to the cgroup again for what it forked meanwhile.
-        if ref.pid not in delivered and is_same_process(ref.pid, ref.started):
+        if ref.pid not in delivered and ours:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(ref.pid, signum)
-                delivered.add(ref.pid)
                 if signum == signals.SIGKILL:
                     cgroups.kill(cgroup)
+            delivered.add(ref.pid)  # signalled here, or gone already (killed through the cgroup)
         return bool(delivered)
 
     def _signal_group(self, ref: ProcessRef, signum: int) -> bool:
