@@ -32,20 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support import leftovers  # noqa: E402
-from tests.support.agent import AgentProcess, desired, desired_topic, node_topic, sleeper  # noqa: E402
+from tests.support.agent import AgentProcess, desired, desired_topic, node_counts, sleeper  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402
 from tests.support.mqtt import Probe  # noqa: E402
 from tests.support.wait import wait_until  # noqa: E402
 
 NODE = "node-1"
-
-
-def node_counts(probe: Probe) -> dict[str, int]:
-    for message in reversed(probe.messages):
-        if message.topic == node_topic(NODE) and message.payload:
-            counts: dict[str, int] = message.json()["executions"]
-            return counts
-    return {}
 
 
 async def answer_s(probe: Probe, name: str) -> float:
@@ -124,7 +116,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             total = args.workloads + args.samples
 
             def settled() -> bool:
-                counts = node_counts(probe)
+                counts = node_counts(probe, NODE)
                 return counts.get("running", 0) + counts.get("failed", 0) >= total
 
             await wait_until(settled, timeout=1800, interval=0.5, what="every workload settled")
@@ -141,7 +133,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return {
                 "workloads": args.workloads,
                 "limit": f"soft {args.soft}, hard {args.hard}",
-                "states": node_counts(probe),
+                "states": node_counts(probe, NODE),
                 "failure reasons": dict(reasons),
                 "all settled (decided) s": round(settle_s, 1),
                 "all published s": round(published_s, 1),

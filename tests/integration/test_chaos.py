@@ -37,8 +37,12 @@ def transitions_so_far(probe: Probe) -> int:
     count = 0
     for revisions in statuses_by_execution(probe.messages).values():
         states = [_json(next(iter(revisions[n])))["observed_state"]["state_type"] for n in sorted(revisions)]
-        count += sum(1 for a, b in itertools.pairwise(states) if a != b)
+        count += state_changes(states)
     return count
+
+
+def state_changes(states: list[str]) -> int:
+    return sum(1 for a, b in itertools.pairwise(states) if a != b)
 
 
 def cycler_code(index: int) -> int:
@@ -83,7 +87,7 @@ def check_history(messages: list[Message], final: dict[str, dict[str, Any]]) -> 
         documents = [_json(next(iter(revisions[n]))) for n in numbers]
         states = [d["observed_state"]["state_type"] for d in documents]
         assert "lost" not in states, f"{execution_id}: reported lost: {states}"
-        transitions += sum(1 for a, b in itertools.pairwise(states) if a != b)
+        transitions += state_changes(states)
         if execution_id.startswith("cycle-"):
             code = cycler_code(int(execution_id.removeprefix("cycle-")))
             exits = [

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import AgentProcess, desired, desired_topic, node_topic, pid_alive, pid_of, sleeper
+from tests.support.agent import (
+    AgentProcess,
+    desired,
+    desired_topic,
+    node_counts,
+    node_topic,
+    pid_alive,
+    pid_of,
+    sleeper,
+)
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
 from tests.support.wait import wait_until
@@ -23,19 +32,6 @@ from tests.support.wait import wait_until
 NODE = "node-1"
 LIMIT = 256
 COUNT = 300
-
-
-def counts(probe: Probe) -> dict[str, int]:
-    """The executions by observed state, from the newest node status.
-
-    The node status rather than every execution's: a probe subscribed at QoS 1 to thousands of statuses
-    can fall behind on a loaded machine, and the broker drops what queues past 1000 for it.
-    """
-    for message in reversed(probe.messages):
-        if message.topic == node_topic(NODE) and message.payload:
-            found: dict[str, int] = message.json()["executions"]
-            return found
-    return {}
 
 
 async def status_of(probe: Probe, execution_id: str, state: str) -> dict[str, Any]:
@@ -73,7 +69,10 @@ async def test_more_workloads_than_descriptors_all_run_are_watched_and_stop(
                 desired_topic(NODE, execution_id), desired(execution_id, command=sleeper()), retain=True
             )
         await wait_until(
-            lambda: counts(probe) == {"running": COUNT}, timeout=120, interval=0.2, what=f"{COUNT} running"
+            lambda: node_counts(probe, NODE) == {"running": COUNT},
+            timeout=120,
+            interval=0.2,
+            what=f"{COUNT} running",
         )
         limits = Path(f"/proc/{agent.proc.pid}/limits").read_text()
         assert f"Max open files            {LIMIT}                  {LIMIT}" in limits, limits
@@ -96,7 +95,9 @@ async def test_more_workloads_than_descriptors_all_run_are_watched_and_stop(
                 desired_topic(NODE, execution_id), desired(execution_id, 2, "stopped"), retain=True
             )
         await wait_until(
-            lambda: counts(probe) == {"stopped": COUNT, "failed": 1}, timeout=120, what="all stopped"
+            lambda: node_counts(probe, NODE) == {"stopped": COUNT, "failed": 1},
+            timeout=120,
+            what="all stopped",
         )
         assert not [p for p in pids if pid_alive(p)]
         assert "Traceback" not in agent.log_path.read_text()

@@ -40,6 +40,20 @@ def node_topic(node: str) -> str:
     return f"{PREFIX}/nodes/{node}/status"
 
 
+def node_counts(probe: Probe, node: str) -> dict[str, int]:
+    """The node's executions by observed state, from the newest node status ``probe`` has seen.
+
+    Read this rather than every execution's status where there are thousands: a probe subscribed at
+    QoS 1 to all of them can fall behind on a loaded machine, and the broker drops what queues past
+    1000 for it.
+    """
+    for message in reversed(probe.messages):
+        if message.topic == node_topic(node) and message.payload:
+            counts: dict[str, int] = message.json()["executions"]
+            return counts
+    return {}
+
+
 def events_topic(node: str) -> str:
     return f"{PREFIX}/nodes/{node}/events"
 
