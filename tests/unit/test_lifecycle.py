@@ -1,7 +1,8 @@
 """The lifecycle core, ``decide(state, event, now) -> (state, actions)``, transition by transition.
 
-Every decision made here goes through :func:`step`, which also checks what must hold for any decision:
-revisions grow by exactly one per PublishStatus, and the last published document is the new state's.
+Every decision made here goes through :func:`run`, which also checks what must hold for any decision:
+revisions grow by exactly one per PublishStatus, the last published document is the new state's, and
+every transition published is in the core's table (agent/core/transitions.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document, status_view
 from agent.protocol import DesiredDocument, Spec, rfc3339
+from tests.support.transitions import assert_legal_transitions
 
 NODE = "node-1"
 EID = "web-2"
@@ -149,6 +151,7 @@ def check_decision(before: State, after: State, actions: list[Action]) -> None:
         assert isinstance(after, Execution)
         assert after.process is None
         assert after.spawn_pending
+    assert_legal_transitions(before, actions)
 
 
 @dataclass

@@ -2,10 +2,8 @@
 
 The machine plays the orchestrator (desired documents, rejections, deletions), the executor (it knows
 which Spawn is under way and which process runs, and reports their start, failure and exit) and the
-clock (``now`` only moves forward; timers fire once they are due).
-
-Known bugs (see the xfail tests in test_lifecycle.py) are steered around, so that this machine finds
-new problems rather than the same ones again: see ``KNOWN_BUGS`` below.
+clock (``now`` only moves forward; timers fire once they are due). The legal transitions of the observed
+state are the core's table (agent/core/transitions.py).
 """
 
 from __future__ import annotations
@@ -37,51 +35,19 @@ from agent.core.events import (
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document, status_view
-from agent.protocol import DesiredDocument, PublishedResults, ResultsMetadata, Spec, rfc3339
+from agent.core.transitions import legal
+from agent.protocol import (
+    DesiredDocument,
+    ObservedStateType,
+    PublishedResults,
+    ResultsMetadata,
+    Spec,
+    rfc3339,
+)
 
 NODE = "node-1"
 EID = "web-2"
 T0 = 1_800_000_000.0
-
-# Observed state -> the observed states it may be followed by in the published sequence (self-loops are a
-# new desired generation or message on an unchanged observed state). None is "no execution" (Absent).
-ALLOWED: dict[str | None, set[str]] = {
-    None: {"pending", "failed"},  # created by a desired document, or by a rejection
-    "pending": {"pending", "starting", "stopped"},
-    # A stable execution run again on request that crashes waits for its restart in degraded.
-    "starting": {"starting", "validating", "stopping", "stopped", "failed", "degraded"},
-    "validating": {
-        "validating",
-        "running",
-        "starting",
-        "completed",
-        "failed",
-        "lost",
-        "stopping",
-        "degraded",
-        "stopped",  # stopped on request while its results were being published
-    },
-    "running": {"running", "degraded", "completed", "failed", "lost", "stopping", "stopped"},
-    "degraded": {"degraded", "running", "completed", "failed", "lost", "stopping", "stopped"},
-    "stopping": {"stopping", "stopped", "failed", "starting", "degraded"},
-    "stopped": {"stopped", "starting", "degraded", "pending"},
-    # Terminal results are left only when stopped on request, or (failed) when the execution existed
-    # only as a rejection and a valid document arrives.
-    "completed": {"completed", "stopped"},
-    "failed": {"failed", "stopped", "pending"},
-    "lost": {"lost", "stopped", "starting", "degraded"},  # lost, then restarted under the policy
-}
-
-# What the machine avoids because it is already reported (xfail in test_lifecycle.py):
-KNOWN_BUGS = {
-    # test_deadline_while_restart_spawn_pending_stays_failed
-    "deadline-while-spawn-pending": False,
-    # test_window_does_not_fire_while_stopping_after_the_deadline
-    "window-while-stopping": False,
-    # test_desired_pending_while_first_spawn_pending_does_not_run_it, ..._after_spawn_failure_...,
-    # test_failed_spawn_is_not_revived_through_pending: desired pending once a spawn was asked for
-    "pending-after-a-spawn": False,
-}
 
 RESULTS = PublishedResults(
     storage_source="local",
@@ -177,10 +143,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         for one, two in pairwise(views):
             assert one != two, "an unchanged status was published again"
         # (d) only legal transitions of the observed state type.
-        types: list[str | None] = [before.state_type if isinstance(before, Execution) else None]
+        types: list[ObservedStateType | None] = [before.state_type if isinstance(before, Execution) else None]
         types += [d.document["observed_state"]["state_type"] for d in docs]
         for one, two in pairwise(types):
-            assert two in ALLOWED[one], f"illegal transition {one} -> {two}"
+            assert legal(one, two), f"illegal transition {one} -> {two}"
             if one == "failed" and two == "pending":
                 assert isinstance(before, Execution)
                 assert before.generation == 0, "only a never-accepted execution leaves failed for pending"
@@ -294,13 +260,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         held = self.held()
         generation = max(1, self.max_generation_sent + delta)
         self.max_generation_sent = max(self.max_generation_sent, generation)
-        if (
-            KNOWN_BUGS["pending-after-a-spawn"]
-            and state_type == "pending"
-            and held is not None
-            and held.attempt > 0
-        ):
-            state_type = "running"
         spec: Spec | None = fresh_spec
         if spec_choice == "same" and held is not None and held.spec is not None:
             spec = held.spec
@@ -469,15 +428,6 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # --- The clock ----------------------------------------------------------------------------------------
 
-    def may_fire(self, name: str) -> bool:
-        held = self.held()
-        assert held is not None
-        if KNOWN_BUGS["deadline-while-spawn-pending"] and name == "deadline" and held.spawn_pending:
-            return False
-        return not (
-            KNOWN_BUGS["window-while-stopping"] and name == "window" and held.state_type == "stopping"
-        )
-
     def fire(self, name: str) -> None:
         held = self.held()
         assert held is not None
@@ -513,8 +463,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.now += delta
                 return
             name = due[index % len(due)]
-        if self.may_fire(name):
-            self.fire(name)
+        self.fire(name)
 
     # --- Invariants between steps -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document
 from agent.protocol import DesiredDocument, Spec, rfc3339
+from tests.support.transitions import assert_legal_transitions
 
 NODE = "node-1"
 T0 = 1_800_000_000.0
@@ -218,6 +219,7 @@ class Node:
                 assert action.execution_id != eid, "an execution wrote to itself"
             if isinstance(action, Spawn | Signal):
                 assert action.execution_id == eid
+        assert_legal_transitions(before, actions)
 
 
 # --- Hand-over ----------------------------------------------------------------------------------------------
