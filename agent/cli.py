@@ -135,6 +135,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         handler=_operator,
     ),
     Subcommand(
+        name="nodes",
+        summary="list nodes: state, agent version, labels, executions by state, capacity, cordoned",
+        example="reconcile-agent nodes -o json",
+        add_arguments=operator_args.add_nodes,
+        handler=_operator,
+    ),
+    Subcommand(
         name="watch",
         summary="follow status changes across nodes until Ctrl-C",
         example="reconcile-agent watch --node node-1",

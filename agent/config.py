@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.labels import labels_problems
 from agent.names import id_problem
 
 ENV_PREFIX = "RECONCILE_"
@@ -100,6 +101,9 @@ class LimitsConfig(BaseModel):
     # The most an execution's results archive may hold (its output directory and logs, before
     # compression): a workload that writes more fails its publish instead of filling the disk.
     max_results_bytes: int = Field(default=1024**3, ge=1)
+    # Admission (docs/protocol.md, "Node control and admission"): at most this many unfinished executions;
+    # None admits any number. Refusing everything is what a cordon is for, so at least 1.
+    max_executions: int | None = Field(default=None, ge=1)
 
 
 class S3PublisherConfig(BaseModel):
@@ -230,6 +234,7 @@ class AgentConfig(BaseSettings):
     workload_logs: WorkloadLogsConfig = Field(default_factory=WorkloadLogsConfig)
     results_dir: ConfigPath | None = None  # local results archives; default <state_dir>/results
     publishers: PublishersConfig = Field(default_factory=PublishersConfig)
+    labels: dict[str, str] = Field(default_factory=dict)  # shown in the node status; agent/labels.py
 
     @classmethod
     def settings_customise_sources(
@@ -253,7 +258,15 @@ class AgentConfig(BaseSettings):
             problem += "; it is this host's name, the default, so set node_id explicitly"
         raise ValueError(f"node id {value!r} {problem}")
 
-    @field_validator("mqtt", "limits", "log", "publishers", mode="before")
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = labels_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("mqtt", "limits", "log", "publishers", "labels", mode="before")
     @classmethod
     def _empty_section_means_defaults(cls, value: object) -> object:
         # `mqtt:` with every child commented out parses as null; treat it like an absent section.

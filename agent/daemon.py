@@ -21,6 +21,7 @@ import structlog
 
 from agent import __version__
 from agent.broker import BrokerStartError, embedded_broker
+from agent.capacity import CapacityWatch, measure
 from agent.client_options import client_settings
 from agent.config import AgentConfig, ConfigError
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
@@ -94,6 +95,9 @@ class Agent:
             node_status=self.node_status,
             on_message=self.on_message,
         )
+        self.capacity = CapacityWatch(
+            lambda: measure(config.state_dir), lambda: self.outbox.changed(node_status=True)
+        )
         self.metrics = Metrics(self)
         self.runtime.observers.append(self.metrics.observe_decision)
         self.link.on_published.append(self.metrics.observe_published)
@@ -103,6 +107,7 @@ class Agent:
             # no other agent acts for this node id; the watchdog and the rest run meanwhile.
             ("runtime", self.runtime.run(after=self.link.checked)),
             ("mqtt", self.link.run()),
+            ("capacity", self.capacity.run()),
             (
                 "workload-logs",
                 rotate_forever(self.runtime.executor.root, **config.workload_logs.model_dump()),
@@ -148,6 +153,10 @@ class Agent:
             "started_at": rfc3339(self.started_at),
             "updated_at": rfc3339(time.time()),
             "executions": self.runtime.counts(),
+            "labels": dict(self.config.labels),
+            "capacity": self.capacity.current.document(),
+            "max_executions": self.config.limits.max_executions,
+            "cordoned": False,
             "capabilities": self.capabilities(),
         }
 
@@ -158,6 +167,7 @@ class Agent:
             "engines": ["process"],
             "probes": ["exec", "http", "tcp"],
             "publishers": self.publishers.types,
+            "logs": False,  # no log requests served yet (PROTOCOL.md, Logs on request)
             "containment": containment.kind,
             "limits": containment.limits,
         }

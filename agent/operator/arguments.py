@@ -99,6 +99,12 @@ def add_get(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
 
 
+def add_nodes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", type=_id, help="only this node")
+    _output(parser)
+    _connection(parser)
+
+
 def add_job(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", type=_id, metavar="JOB", help="the job id (an execution's job_id)")
     _output(parser)

@@ -16,6 +16,7 @@ from agent.operator.delete import delete
 from agent.operator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, OperatorError
 from agent.operator.get import get, job
 from agent.operator.live import events, watch
+from agent.operator.nodes import nodes
 from agent.operator.results import results
 
 Command = Callable[[argparse.Namespace, Target], Coroutine[Any, Any, int]]
@@ -24,6 +25,7 @@ COMMANDS: dict[str, Command] = {
     "apply": apply,
     "get": get,
     "job": job,
+    "nodes": nodes,
     "watch": watch,
     "events": events,
     "delete": delete,

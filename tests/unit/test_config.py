@@ -497,3 +497,55 @@ def test_check_files_names_an_unreadable_s3_key_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.check_files()
     assert caught.value.message.startswith("publishers.s3.access_key_id_file: cannot read")
+
+
+# --- labels and admission (issue 14) -----------------------------------------------------------------
+
+
+def test_labels_and_max_executions_are_read(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "labels:\n  zone: eu-1a\n  example.com/gpu: ''\n  rack.v2: R_7\nlimits:\n  max_executions: 40\n",
+        )
+    )
+    assert config.labels == {"zone": "eu-1a", "example.com/gpu": "", "rack.v2": "R_7"}
+    assert config.limits.max_executions == 40
+
+
+def test_labels_default_to_none_and_max_executions_to_no_limit(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "labels:\n"))
+    assert (config.labels, config.limits.max_executions) == ({}, None)
+
+
+def test_labels_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILE_LABELS", '{"zone": "b"}')
+    assert load_config(write(tmp_path, "labels: {zone: a}\n")).labels == {"zone": "b"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("labels: {zone: 7}", "labels.zone: should be a valid string, got an integer (7)"),
+        ("labels: [a, b]", "labels: should be a valid dictionary"),
+        ("labels: {'bad key': x}", "key 'bad key': the name must be letters, digits"),
+        ("labels: {'-zone': x}", "key '-zone': the name must be letters, digits"),
+        ("labels: {'a/b/c': x}", "key 'a/b/c': the prefix before '/' must be a DNS subdomain"),
+        ("labels: {'Example.com/x': x}", "the prefix before '/' must be a DNS subdomain"),
+        ("labels: {'/x': x}", "the prefix before '/' must be a DNS subdomain"),
+        ("labels: {'': x}", "key '': the name must be letters"),
+        (f"labels: {{a: {'v' * 64}}}", "'a': value 'vvvv"),
+        ("labels: {a: 'two words'}", "'a': value 'two words': the value must be letters"),
+        (f"labels: {{{'k' * 64}: x}}", "the name is longer than 63 characters"),
+        ("limits: {max_executions: 0}", "limits.max_executions: should be greater than or equal to 1"),
+        ("limits: {max_executions: '3'}", "limits.max_executions: should be a valid integer"),
+    ],
+)
+def test_bad_labels_and_limits_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    error = error_for(write(tmp_path, text + "\n"))
+    assert expected in error.message, error.message
+
+
+def test_too_many_labels(tmp_path: Path) -> None:
+    text = "labels:\n" + "".join(f"  k{i}: v\n" for i in range(65))
+    assert "at most 64 labels, not 65" in error_for(write(tmp_path, text)).message
