@@ -23,20 +23,24 @@ from agent import __version__
 from agent.broker import BrokerStartError, embedded_broker
 from agent.capacity import CapacityWatch, measure
 from agent.client_options import client_settings
+from agent.clock import Clock
 from agent.config import AgentConfig, ConfigError
-from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
 from agent.identity import IdentityConflict
+from agent.inbox import Inbox
+from agent.intake import Intake
 from agent.metrics import Metrics
 from agent.mqtt import MqttLink
-from agent.names import id_problem
-from agent.protocol import Accepted, Deleted, Parsed, Rejected, Topics, parse_desired, payload_digest, rfc3339
+from agent.outbox import Outbox
+from agent.probes import Prober
+from agent.protocol import Topics, rfc3339
 from agent.results.publishers import Publishers
 from agent.results.s3 import environment_has_credentials
-from agent.runtime import Outbox, Runtime, run_forever
+from agent.runtime import Runtime
 from agent.store import Store, StoreError
 from agent.systemd import SystemdNotifier
+from agent.tasks import Tasks
 from agent.tls import tls_context
 
 log = structlog.get_logger("agent.daemon")
@@ -72,8 +76,26 @@ class Agent:
         self.publishers = Publishers(
             config.results_path, config.limits.max_results_bytes, await _s3_credentials(config)
         )
+        inbox, effects = Inbox(), Tasks(config.node_id)
         self.runtime = Runtime(
-            self.store, ProcessExecutor(config.state_dir), self.topics, self.outbox, self.publishers
+            self.store,
+            ProcessExecutor(config.state_dir),
+            self.topics,
+            self.outbox,
+            self.publishers,
+            clock=Clock(asyncio.get_running_loop()),
+            inbox=inbox,
+            tasks=effects,
+            prober=Prober(inbox.submit, effects.start),
+        )
+        self.runtime.start()
+        containment = self.runtime.executor.containment
+        self.intake = Intake(
+            self.topics,
+            config.limits.max_payload_bytes,
+            self.runtime,
+            self.publishers.problem,
+            containment.refusal,
         )
         if config.mqtt.embedded:
             await self._stack.enter_async_context(embedded_broker(config.mqtt.host, config.mqtt.port))
@@ -93,7 +115,7 @@ class Agent:
             store=self.store,
             outbox=self.outbox,
             node_status=self.node_status,
-            on_message=self.on_message,
+            on_message=self.intake.on_message,
         )
         self.capacity = CapacityWatch(
             lambda: measure(config.state_dir), lambda: self.outbox.changed(node_status=True)
@@ -117,9 +139,9 @@ class Agent:
             loops.append(("metrics", self.metrics.serve(config.metrics.address)))
         if self.notifier is not None:
             loops.append(("watchdog", self.notifier.watchdog_forever()))
-        tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        group = await self._stack.enter_async_context(asyncio.TaskGroup())
         for name, coro in loops:
-            task = tasks.create_task(coro, name=name)
+            task = group.create_task(coro, name=name)
             task.add_done_callback(run_forever(name))
             self._tasks.append(task)
         self.runtime.node_event(
@@ -172,58 +194,6 @@ class Agent:
             "limits": containment.limits,
         }
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        """A desired document arrived: turn it into a core event. Never raises."""
-        execution_id = self.topics.execution_of_desired(topic)
-        if execution_id is None:
-            self.log.warning("message on an unexpected topic", topic=topic)
-            return
-        problem = id_problem(execution_id)
-        if problem is not None:
-            # No status topic can be made for a bad name: report it as a node event, once per payload ever
-            # (the retained payload comes back on every reconnect and after every restart).
-            if payload:
-                reason = f"execution id in topic {topic!r} {problem}"
-                once = f"bad-topic\0{topic}\0{payload_digest(payload)}"
-                self.runtime.node_event("desired_rejected", once=once, generation=None, reason=reason)
-                self.log.warning("desired document rejected", topic=topic, reason=reason)
-            return
-        parsed = parse_desired(execution_id, payload, self._max_payload)
-        self.runtime.submit(execution_id, to_event(self._enforceable(self._servable(parsed))))
-
-    def _servable(self, parsed: Parsed) -> Parsed:
-        """Reject on arrival a spec whose publisher this node cannot serve (a stop never needs one)."""
-        if not isinstance(parsed, Accepted):
-            return parsed
-        document = parsed.document
-        if document.spec is None or document.spec.publisher is None:
-            return parsed
-        if document.desired_state.state_type == "stopped":
-            return parsed
-        problem = self.publishers.problem(document.spec.publisher)
-        if problem is None:
-            return parsed
-        return Rejected(document.generation, problem, parsed.digest)
-
-    def _enforceable(self, parsed: Parsed) -> Parsed:
-        """``parsed``, or its rejection if it asks for limits this node cannot enforce (never ignored; a stop
-        never needs them)."""
-        if not isinstance(parsed, Accepted) or parsed.document.spec is None:
-            return parsed
-        if parsed.document.desired_state.state_type == "stopped":
-            return parsed
-        resources = parsed.document.spec.resources
-        refusal = (
-            None if resources is None else self.runtime.executor.containment.refusal(list(resources.values))
-        )
-        if refusal is None:
-            return parsed
-        return Rejected(parsed.document.generation, f"spec.resources: {refusal}", parsed.digest)
-
-    @property
-    def _max_payload(self) -> int:
-        return self.config.limits.max_payload_bytes
-
 
 async def _s3_credentials(config: AgentConfig) -> Callable[[], tuple[str, str] | None] | None:
     """How the s3 publisher gets its credentials, or None when this node has no s3 publisher."""
@@ -246,12 +216,14 @@ def leaf(group: BaseExceptionGroup[IdentityConflict]) -> BaseException:
     return first
 
 
-def to_event(parsed: Any) -> Event:
-    if isinstance(parsed, Accepted):
-        return DesiredReceived(parsed.document, parsed.digest)
-    if isinstance(parsed, Deleted):
-        return DesiredDeleted()
-    return DesiredRejected(parsed.generation, parsed.reason, parsed.digest)
+def run_forever(name: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for tasks that should never end: say so loudly if one does."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            log.error("task ended", task=name, error=repr(task.exception()))
+
+    return done
 
 
 async def run_agent(config: AgentConfig) -> int:

@@ -34,9 +34,9 @@ from agent.config import parse_address
 from agent.core.actions import EmitEvent, PublishStatus
 from agent.core.events import DesiredReceived
 from agent.core.model import Absent, Execution
+from agent.outbox import Message
 from agent.protocol import OBSERVED_STATES
 from agent.runtime import Decided
-from agent.store import Message
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

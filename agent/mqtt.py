@@ -31,9 +31,8 @@ from agent.identity import (
     other_online,
     parse_status,
 )
+from agent.outbox import Message, Outbox, Rows
 from agent.protocol import Topics, dumps
-from agent.runtime import Outbox
-from agent.store import Message, Store
 from agent.tls import connect_hint
 
 log = structlog.get_logger("agent.mqtt")
@@ -50,7 +49,7 @@ class MqttLink:
         *,
         settings: dict[str, Any],
         topics: Topics,
-        store: Store,
+        store: Rows,
         outbox: Outbox,
         node_status: Callable[[str], dict[str, Any]],
         on_message: Callable[[str, bytes], None],

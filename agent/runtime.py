@@ -1,24 +1,29 @@
 """The runtime: applies lifecycle decisions. One consumer of one event queue, so one writer per execution.
 
-For every event it loads the execution, asks :func:`agent.core.lifecycle.decide`, commits the new state
-with its outbox messages in one transaction, wakes the publisher, then carries out the side effects
-(spawn, signal, timers). Effects report back as new events on the same queue.
+Owns the decision loop and the cache of accepted executions. For every event it loads the execution,
+asks :func:`agent.core.lifecycle.decide`, commits the new state with its outbox messages in one
+transaction (agent/store.py), wakes the publisher (agent/outbox.py), then carries out the side effects
+(spawn, signal, publish, timers, probes). Effects report back as new events on the same inbox
+(agent/inbox.py). It never speaks MQTT (agent/mqtt.py drains the outbox) nor parses the wire (agent/intake.py
+turns documents into events); every collaborator is handed in, and construction does no I/O: :meth:`start`
+loads and checks the store, :meth:`run` recovers and decides.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from agent import mailbox
-from agent.boot import boot_time
+from agent.clock import Clock
 from agent.core.actions import (
     Action,
     ClearStatus,
@@ -30,7 +35,6 @@ from agent.core.actions import (
     Spawn,
     Tell,
 )
-from agent.core.clock import Now
 from agent.core.events import (
     Event,
     ProcessExited,
@@ -47,55 +51,19 @@ from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.reboot import after_reboot
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
+from agent.inbox import Inbox
+from agent.outbox import Message, Outbox
 from agent.probes import Prober
 from agent.protocol import OBSERVED_STATES, Topics, dumps
 from agent.results.errors import PublishError
 from agent.results.publishers import Publishers
-from agent.store import Message, Store, StoreError
+from agent.store import Store, StoreError
+from agent.tasks import Tasks
 
 log = structlog.get_logger("agent.runtime")
 STORE_RETRY_S = 1.0
 EFFECT_RETRY_MIN_S = 0.1
 EFFECT_RETRY_MAX_S = 5.0
-
-
-class Clock:
-    """The runtime's two clocks (agent/core/clock.py): the wall clock as it reads, and the boot clock.
-
-    The boot clock is read off the event loop's monotonic clock, anchored to CLOCK_BOOTTIME once, so the
-    core's deadlines and the loop's timers (``loop.call_at``) are the same clock: a step of the wall
-    clock moves neither. Published times read the wall clock afresh, so they follow a corrected clock.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._anchor = boot_time() - loop.time()
-
-    def now(self) -> float:
-        return time.time()
-
-    def boot(self) -> float:
-        return self._anchor + self._loop.time()
-
-    def moment(self) -> Now:
-        return Now(wall=self.now(), boot=self.boot())
-
-    def loop_time(self, boot: float) -> float:
-        return boot - self._anchor
-
-
-@dataclass
-class Outbox:
-    """The wake-up side of the outbox: a flag the publisher waits on, set once however many changes."""
-
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set by the publisher: all queued is out
-    node_status_dirty: bool = True
-
-    def changed(self, node_status: bool = False) -> None:
-        self.node_status_dirty = self.node_status_dirty or node_status
-        self.idle.clear()
-        self.wake.set()
 
 
 @dataclass(frozen=True)
@@ -110,6 +78,31 @@ class Decided:
     at: float  # the runtime clock's wall time of the decision
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`decide` made of one event, not yet committed."""
+
+    execution_id: str
+    event: Event
+    before: Execution | Absent
+    after: Execution | Absent
+    actions: list[Action]
+
+    @property
+    def changes_nothing(self) -> bool:
+        return self.after == self.before and not self.actions
+
+    @cached_property
+    def rejected_only(self) -> NeverAccepted | None:
+        """The compact record kept instead, when the execution is nothing but a rejection: bad documents
+        under ever new ids must not grow the agent, so those stay on disk, compactly."""
+        return NeverAccepted.of(self.after) if isinstance(self.after, Execution) else None
+
+    @property
+    def tells(self) -> list[Tell]:
+        return [a for a in self.actions if isinstance(a, Tell)]
+
+
 class Runtime:
     def __init__(
         self,
@@ -118,31 +111,39 @@ class Runtime:
         topics: Topics,
         outbox: Outbox,
         publishers: Publishers,
+        *,
+        clock: Clock,
+        inbox: Inbox,
+        tasks: Tasks,
+        prober: Prober,
     ) -> None:
         self.store = store
         self.executor = executor
         self.publishers = publishers
-        self._publishing: dict[str, asyncio.Task[None]] = {}  # a try in flight, by execution
         self.topics = topics
         self.outbox = outbox
+        self.clock = clock
+        self.inbox = inbox
+        self.tasks = tasks
+        self.prober = prober
+        self._publishing: dict[str, asyncio.Task[None]] = {}  # a try in flight, by execution
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
-        self.executions: dict[str, Execution] = store.load()
-        self.clock = Clock(asyncio.get_running_loop())  # created inside the agent's loop
-        if store.previous_boot is not None:
-            moment = self.clock.moment()
-            self.executions = {eid: after_reboot(e, moment) for eid, e in self.executions.items()}
-            store.start_boot(self.executions.values())
-            log.info(
-                "the machine rebooted since the state was stored: old deadlines dropped", node=topics.node_id
-            )
-        self._check_no_workload_forgotten()
-        self._queue: asyncio.Queue[tuple[str, Event, int | None]] = asyncio.Queue()
+        self.executions: dict[str, Execution] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: asyncio.TaskGroup | None = None
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
         self.observers: list[Callable[[Decided], None]] = []
-        self.prober = Prober(self.submit, self._background)
+
+    def start(self) -> None:
+        """Load the stored executions, move them to this boot if the machine rebooted, and refuse to go on
+        (StoreError) if a live workload is unknown to the store. Nothing is acted on yet (:meth:`run`)."""
+        self.executions = self.store.load()
+        if self.store.previous_boot is not None:
+            moment = self.clock.moment()
+            self.executions = {eid: after_reboot(e, moment) for eid, e in self.executions.items()}
+            self.store.start_boot(self.executions.values())
+            self.log.info("the machine rebooted since the state was stored: old deadlines dropped")
+        self._check_no_workload_forgotten()
 
     def _check_no_workload_forgotten(self) -> None:
         """Refuse to start if a live workload is unknown to the store: the store has lost writes.
@@ -161,7 +162,7 @@ class Runtime:
 
     def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
-        self._queue.put_nowait((execution_id, event, mail_seq))
+        self.inbox.submit(execution_id, event, mail_seq)
 
     def counts(self) -> dict[str, int]:
         counted = Counter(e.state_type for e in self.executions.values())
@@ -187,31 +188,44 @@ class Runtime:
         if after is not None:
             await after.wait()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
+            async with self.tasks.running():
                 self._recover()
                 while True:
-                    execution_id, event, mail_seq = await self._queue.get()
-                    self.apply(execution_id, event, mail_seq)
+                    delivery = await self.inbox.get()
+                    self.apply(delivery.execution_id, delivery.event, delivery.mail_seq)
         finally:
             await self.prober.close()
             self.publishers.close()
 
-    # --- one event --------------------------------------------------------------------------------
+    # --- one event: decide, commit, act -------------------------------------------------------------
 
     def apply(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
-        state: Execution | Absent | None = self.executions.get(execution_id)
-        if state is None:
-            rejected_only = self.store.never_accepted(execution_id)
-            state = (
-                rejected_only.execution()
-                if rejected_only is not None
-                else Absent(
-                    execution_id=execution_id,
-                    node_id=self.topics.node_id,
-                    revision=self.store.high_water(execution_id),
-                )
-            )
+        """Decide ``event``, commit what it changed, then act on it."""
+        decision = self._decide(execution_id, event)
+        if decision is None:
+            return
+        sent = self._commit(decision, mail_seq)
+        if sent is None:
+            return
+        self._act(decision, sent)
+
+    def _current(self, execution_id: str) -> Execution | Absent:
+        """The execution as it stands: accepted (cached), a stored rejection, or not known at all."""
+        state = self.executions.get(execution_id)
+        if state is not None:
+            return state
+        rejected_only = self.store.never_accepted(execution_id)
+        if rejected_only is not None:
+            return rejected_only.execution()
+        return Absent(
+            execution_id=execution_id,
+            node_id=self.topics.node_id,
+            revision=self.store.high_water(execution_id),
+        )
+
+    def _decide(self, execution_id: str, event: Event) -> Decision | None:
+        """The decision on ``event``, or None if a rule failed (reported; the state stays as it is)."""
+        state = self._current(execution_id)
         if isinstance(state, Execution):
             state = self._sampled(state, event)
         try:
@@ -222,46 +236,81 @@ class Runtime:
             self.log.exception(
                 "decision failed; event dropped", execution=execution_id, cause=type(event).__name__
             )
-            return
-        tells = [a for a in actions if isinstance(a, Tell)]
+            return None
+        return Decision(execution_id, event, state, new, actions)
+
+    def _commit(self, decision: Decision, mail_seq: int | None) -> list[int] | None:
+        """Make ``decision`` durable with its outbox messages and mail, and the mail it answered consumed;
+        the sequence numbers of the mail it sent, or None when there is nothing to act on (it changed
+        nothing, or it could not be recorded and is tried again)."""
+        execution_id = decision.execution_id
         try:
-            if new == state and not actions:
+            if decision.changes_nothing:
                 if mail_seq is not None:
                     self.store.consume(mail_seq)
-                return
-            # Bad documents under ever new ids must not grow the agent: keep those on disk, compactly.
-            rejected_only = NeverAccepted.of(new) if isinstance(new, Execution) else None
-            sent = self.store.commit(
-                rejected_only or new,
-                [m for a in actions if (m := self._message(a)) is not None],
-                [(t.execution_id, mailbox.encode(t.event)) for t in tells],
+                return None
+            return self.store.commit(
+                decision.rejected_only or decision.after,
+                [m for a in decision.actions if (m := self._message(a)) is not None],
+                [(t.execution_id, mailbox.encode(t.event)) for t in decision.tells],
                 consumed=mail_seq,
             )
         except StoreError as exc:
             # Nothing was applied: keep the event and try again, rather than act on an unrecorded decision.
             self.log.error("cannot record a decision; retrying", execution=execution_id, error=str(exc))
             loop = asyncio.get_running_loop()
-            loop.call_later(STORE_RETRY_S, self.submit, execution_id, event, mail_seq)
-            return
-        for tell, seq in zip(tells, sent, strict=True):
+            loop.call_later(STORE_RETRY_S, self.submit, execution_id, decision.event, mail_seq)
+            return None
+
+    def _act(self, decision: Decision, sent: list[int]) -> None:
+        """Everything that follows a committed decision, in this order."""
+        self._route_mail(decision, sent)
+        self._cache(decision)
+        self.outbox.changed(node_status=self._transition(decision) is not None)
+        self._observe(decision)
+        bound = self.log.bind(execution=decision.execution_id, revision=decision.after.revision)
+        self._log_transition(decision, bound)
+        for action in decision.actions:
+            self._carry_out(action, bound)
+        self._schedule(decision.execution_id, decision.after)
+        self._sync_probe(decision.after)
+
+    def _route_mail(self, decision: Decision, sent: list[int]) -> None:
+        """Hand each message to its recipient, with the row that keeps it until it is acted on."""
+        for tell, seq in zip(decision.tells, sent, strict=True):
             self.submit(tell.execution_id, tell.event, seq)
-        before = state.state_type if isinstance(state, Execution) else None
-        after = new.state_type if isinstance(new, Execution) else None
-        if isinstance(new, Execution) and rejected_only is None:
-            self.executions[execution_id] = new
+
+    def _cache(self, decision: Decision) -> None:
+        new = decision.after
+        if isinstance(new, Execution) and decision.rejected_only is None:
+            self.executions[decision.execution_id] = new
         else:
-            self.executions.pop(execution_id, None)
-        self.outbox.changed(node_status=before != after)
-        decided = Decided(execution_id, event, state, new, actions, self.clock.now())
+            self.executions.pop(decision.execution_id, None)
+
+    @staticmethod
+    def _transition(decision: Decision) -> tuple[str | None, str | None] | None:
+        """(observed state before, after) if the decision changed it, else None; None for no state."""
+        before = decision.before.state_type if isinstance(decision.before, Execution) else None
+        after = decision.after.state_type if isinstance(decision.after, Execution) else None
+        return None if before == after else (before, after)
+
+    def _observe(self, decision: Decision) -> None:
+        decided = Decided(
+            decision.execution_id,
+            decision.event,
+            decision.before,
+            decision.after,
+            decision.actions,
+            self.clock.now(),
+        )
         for observer in self.observers:
             observer(decided)
-        bound = self.log.bind(execution=execution_id, revision=new.revision)
-        if before != after:
-            bound.info("transition", cause=type(event).__name__, observed=after, previous=before)
-        for action in actions:
-            self._carry_out(action, bound)
-        self._schedule(execution_id, new)
-        self._sync_probe(new)
+
+    def _log_transition(self, decision: Decision, bound: FilteringBoundLogger) -> None:
+        transition = self._transition(decision)
+        if transition is not None:
+            before, after = transition
+            bound.info("transition", cause=type(decision.event).__name__, observed=after, previous=before)
 
     def _sampled(self, state: Execution, event: Event) -> Execution:
         """``state`` with a fresh usage sample of its workload's cgroup, so whatever the decision
@@ -291,17 +340,17 @@ class Runtime:
                 return Message(self.topics.events, dumps(document), retain=False)
         return None
 
-    def _carry_out(self, action: Action, bound: Any) -> None:
+    def _carry_out(self, action: Action, bound: FilteringBoundLogger) -> None:
         match action:
             case Spawn(execution_id=eid, attempt=attempt):
-                self._background(self._spawn(action), f"spawn:{eid}:{attempt}")
+                self.tasks.start(self._spawn(action), f"spawn:{eid}:{attempt}")
             case Signal(execution_id=eid, ref=ref, signal=name):
                 try:
                     delivered = self.executor.signal(ref, name)
                 except Exception as exc:
                     # Undelivered is not delivered: the stop waits on the workload's exit, so try again.
                     bound.warning("cannot signal; retrying", signal=name, pid=ref.pid, error=repr(exc))
-                    self._background(self._signal_retrying(eid, ref, name), f"signal:{eid}:{ref.attempt}")
+                    self.tasks.start(self._signal_retrying(eid, ref, name), f"signal:{eid}:{ref.attempt}")
                     return
                 bound.info("signal", signal=name, pid=ref.pid, delivered=delivered)
             case Forget(execution_id=eid, job_id=job_id):
@@ -317,11 +366,11 @@ class Runtime:
                     return
                 bound.info("forgotten")
             case Publish(execution_id=eid, try_no=try_no):
-                task = self._background(self._publish(action), f"publish:{eid}:{try_no}")
+                task = self.tasks.start(self._publish(action), f"publish:{eid}:{try_no}")
                 self._publishing[eid] = task
                 task.add_done_callback(lambda done: self._publish_ended(eid, done))
 
-    def _remove_results(self, job_id: str, execution_id: str, bound: Any) -> None:
+    def _remove_results(self, job_id: str, execution_id: str, bound: FilteringBoundLogger) -> None:
         try:
             self.publishers.remove(job_id, execution_id)
         except Exception as exc:  # the archive stays behind; nothing waits on it
@@ -341,18 +390,6 @@ class Runtime:
         )
 
     # --- effects that report back ---------------------------------------------------------------
-
-    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        assert self._tasks is not None
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception:
-                # One workload's trouble must not take the agent, and every other workload, down with it.
-                self.log.exception("background task failed", task=name)
-
-        return self._tasks.create_task(guarded(), name=name)
 
     async def _spawn(self, spawn: Spawn) -> None:
         try:
@@ -456,14 +493,14 @@ class Runtime:
                 bound.warning("cannot tell yet whether the workload runs", error=str(exc))
             else:
                 bound.info("re-adopting" if alive else "ended while the agent was away")
-            self._background(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
+            self.tasks.start(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
         # Cgroups of attempts no one accounts for (the agent died between creating one and recording its
         # spawn, or after a workload ended and before its cgroup was removed): nothing in them may run on.
         for cgroup in self.executor.orphan_cgroups(known):
             self.log.warning(
                 "killing and removing an attempt's cgroup nobody accounts for", cgroup=str(cgroup)
             )
-            self._background(self.executor.discard(cgroup), f"discard:{cgroup.name}")
+            self.tasks.start(self.executor.discard(cgroup), f"discard:{cgroup.name}")
 
 
 def _persistently() -> AsyncRetrying:
@@ -479,13 +516,3 @@ def _persistently() -> AsyncRetrying:
         before_sleep=logged,
         reraise=True,
     )
-
-
-def run_forever(name: str) -> Callable[[Any], None]:
-    """A done-callback for tasks that should never end: say so loudly if one does."""
-
-    def done(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled():
-            log.error("task ended", task=name, error=repr(task.exception()))
-
-    return done

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 from agent import __version__, schema
 from agent.boot import boot_id, boot_time
 from agent.core.model import Absent, Execution, NeverAccepted
+from agent.outbox import Message, Queued
 
 log = structlog.get_logger("agent.store")
 
@@ -41,21 +41,6 @@ def _lock(path: Path) -> int:
         os.close(fd)
         raise StoreError(f"{path}: another agent is already running with this state directory") from None
     return fd
-
-
-@dataclass(frozen=True)
-class Message:
-    """One MQTT message waiting in the outbox."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-@dataclass(frozen=True)
-class Queued:
-    seq: int
-    message: Message
 
 
 class Store:

@@ -28,13 +28,13 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.daemon import to_event  # noqa: E402
 from agent.executors.process import ProcessExecutor  # noqa: E402
+from agent.intake import to_event  # noqa: E402
 from agent.log import configure_logging  # noqa: E402
 from agent.protocol import Topics, parse_desired  # noqa: E402
 from agent.results.publishers import Publishers  # noqa: E402
-from agent.runtime import Outbox, Runtime  # noqa: E402
 from agent.store import Store  # noqa: E402
+from tests.support.runtime import standalone_runtime  # noqa: E402
 
 NODE = "bench-node"
 MAX_PAYLOAD = 262144
@@ -63,11 +63,10 @@ async def growth(count: int, distinct: bool) -> tuple[float, float]:
     base = SCRATCH
     with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=base) as tmp:
         store = Store(Path(tmp) / "agent.db", NODE)
-        runtime = Runtime(
+        runtime = standalone_runtime(
             store,
             ProcessExecutor(Path(tmp)),
             Topics("reconcile/v1", NODE),
-            Outbox(),
             Publishers.local_only(Path(tmp) / "results"),
         )
         heap0, rss0 = heap_and_rss()

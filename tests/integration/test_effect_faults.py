@@ -28,10 +28,10 @@ from agent.executors.process import ProcessExecutor, ProcessTableError, SpawnErr
 from agent.probes import Prober
 from agent.protocol import Accepted, Spec, Topics, parse_desired
 from agent.results.publishers import Publishers
-from agent.runtime import Outbox, Runtime
 from agent.store import Store
 from tests.support.agent import desired, kill_group, pid_alive
 from tests.support.leftovers import remove_cgroups
+from tests.support.runtime import standalone_runtime
 from tests.support.wait import wait_until
 
 T = TypeVar("T")
@@ -143,12 +143,15 @@ async def scenario(
     faults = Faults(seed, rate, budget)
     store = Store(state_dir / "agent.db", NODE)
     executor = FaultyExecutor(state_dir, faults)
-    runtime = Runtime(
-        store, executor, Topics("reconcile/v1", NODE), Outbox(), Publishers.local_only(state_dir / "results")
+    runtime = standalone_runtime(
+        store,
+        executor,
+        Topics("reconcile/v1", NODE),
+        Publishers.local_only(state_dir / "results"),
+        FaultyProber,
     )
-    prober = FaultyProber(runtime.submit, runtime._background)
-    prober.faults = faults
-    runtime.prober = prober
+    assert isinstance(runtime.prober, FaultyProber)
+    runtime.prober.faults = faults
     task = asyncio.create_task(runtime.run(), name="runtime")
     ids = [f"e{i}" for i in range(len(plan))]
     try:

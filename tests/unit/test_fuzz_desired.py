@@ -23,9 +23,9 @@ from agent.core.clock import Now
 from agent.core.events import DesiredReceived, Event, ProcessStarted, TimerFired
 from agent.core.lifecycle import WINDOW, decide
 from agent.core.model import Absent, Execution, ProcessRef
-from agent.daemon import to_event
 from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
+from agent.intake import to_event
 from agent.protocol import (
     Accepted,
     Deleted,

@@ -20,14 +20,14 @@ from agent.core.events import DesiredRejected
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted
 from agent.core.status import status_document
-from agent.daemon import to_event
 from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
+from agent.intake import to_event
 from agent.protocol import Accepted, Rejected, Topics, parse_desired
 from agent.results.publishers import Publishers
-from agent.runtime import Outbox, Runtime
 from agent.store import Store
 from tests.support import fuzz
+from tests.support.runtime import standalone_runtime
 
 NODE = "node-1"
 T0 = 1_800_000_000.0
@@ -136,11 +136,10 @@ class Node:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.store = Store(state_dir / "agent.db", NODE)
-        self.runtime = Runtime(
+        self.runtime = standalone_runtime(
             self.store,
             ProcessExecutor(state_dir, NO_CGROUPS),
             Topics("reconcile/v1", NODE),
-            Outbox(),
             Publishers.local_only(state_dir / "results"),
         )
         self.seen = 0

@@ -22,9 +22,9 @@ from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution
 from agent.core.status import event_document, status_document
 from agent.metrics import Metrics, transitions_of
+from agent.outbox import Message
 from agent.protocol import OBSERVED_STATES, Accepted, ObservedState, Topics, dumps, parse_desired
 from agent.runtime import Decided
-from agent.store import Message
 
 NODE = "node-1"
 TOPICS = Topics("reconcile/v1", NODE)

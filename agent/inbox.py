@@ -1,0 +1,32 @@
+"""The runtime's inbox: the one queue of events waiting for a decision, in the order they came.
+
+Everything that reports to the runtime (intake, effects, probes, timers, mail between executions) puts
+its event here; only the runtime takes them out, so there is one writer per execution. Holds events,
+nothing else: no store, no decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from agent.core.events import Event
+
+
+@dataclass(frozen=True)
+class Delivery:
+    execution_id: str
+    event: Event
+    mail_seq: int | None = None  # its row in the durable mailbox, when it is mail between executions
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
+        """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
+        self._queue.put_nowait(Delivery(execution_id, event, mail_seq))
+
+    async def get(self) -> Delivery:
+        return await self._queue.get()
