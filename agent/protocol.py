@@ -31,6 +31,7 @@ from agent.names import id_problem
 DEFAULT_TOPIC_PREFIX = "reconcile/v1"
 
 DesiredStateType = Literal["pending", "running", "stopped"]
+UpdateStrategy = Literal["stop_first", "start_first"]
 ObservedStateType = Literal[
     "pending",
     "starting",
@@ -245,7 +246,7 @@ class Spec(_Strict):
     validation: Validation = Field(default_factory=Validation)
     probe: Probe | None = None
     stop: StopSpec = Field(default_factory=StopSpec)
-    update_strategy: Literal["stop_first", "start_first"] = "stop_first"
+    update_strategy: UpdateStrategy = "stop_first"
     timeout_s: PositiveSeconds | None = None
     publisher: Publisher | None = None
     resources: Resources | None = None

@@ -321,7 +321,7 @@ class Runtime:
         except Exception:  # a figure is never worth a decision: decide without a fresh one
             self.log.exception("cannot sample usage", execution=state.execution_id)
             usage = None
-        return state if usage is None else state.model_copy(update={"usage": usage})
+        return state if usage is None else state.replace(usage=usage)
 
     def _sync_probe(self, state: Execution | Absent) -> None:
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.model import ProcessRef, Usage
-from agent.protocol import DesiredDocument, PublishedResults
+from agent.core.timers import Timer
+from agent.protocol import DesiredDocument, PublishedResults, UpdateStrategy
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ProcessExited:
 
 @dataclass(frozen=True)
 class TimerFired:
-    name: str
+    name: Timer
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class HandOver:
     """To P: ``successor`` replaces you, with this update strategy."""
 
     successor: str
-    strategy: str
+    strategy: UpdateStrategy
 
 
 @dataclass(frozen=True)

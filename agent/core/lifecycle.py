@@ -35,18 +35,8 @@ from agent.core.events import (
 )
 from agent.core.model import Absent, Execution
 from agent.core.moves import fail_on_own, failed, forget, on_gone, on_started, start, stop
-from agent.core.step import (
-    DEADLINE,
-    GRACE,
-    PUBLISH_DEADLINE,
-    PUBLISH_RETRY,
-    RESTART,
-    TIMEOUT,
-    USAGE,
-    WINDOW,
-    Decision,
-    Step,
-)
+from agent.core.step import Decision, Step
+from agent.core.timers import Timer
 from agent.core.updates import hand_over, on_mail
 from agent.core.validation import on_probe, window_passed
 from agent.protocol import (
@@ -58,7 +48,7 @@ from agent.protocol import (
     Spec,
 )
 
-__all__ = ["DEADLINE", "GRACE", "RESTART", "TIMEOUT", "WINDOW", "Decision", "decide"]
+__all__ = ["Decision", "decide"]
 
 
 def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
@@ -157,25 +147,25 @@ def _publishing_failed(step: Step, reason: str) -> None:
     failed(step, f"publishing results failed: {reason}")
 
 
-def _on_timer(step: Step, name: str) -> None:
+def _on_timer(step: Step, name: Timer) -> None:
     state = step.state
-    if name == WINDOW:
+    if name == Timer.WINDOW:
         window_passed(step)
-    elif name == GRACE and state.process is not None:
+    elif name == Timer.GRACE and state.process is not None:
         step.actions.append(_kill(step))
-    elif name == RESTART and not state.active:
+    elif name == Timer.RESTART and not state.active:
         start(step, "restarting", "degraded" if state.stable_at is not None else "starting")
-    elif name == DEADLINE and state.stable_at is None:
+    elif name == Timer.DEADLINE and state.stable_at is None:
         fail_on_own(step, "validation failed: not stable before validation.deadline_s passed")
-    elif name == TIMEOUT:
+    elif name == Timer.TIMEOUT:
         fail_on_own(step, "timed out: ran longer than timeout_s")
-    elif name == PUBLISH_RETRY and state.publishing is not None:
+    elif name == Timer.PUBLISH_RETRY and state.publishing is not None:
         publish.retry(step)
-    elif name == PUBLISH_DEADLINE and state.publishing is not None:
+    elif name == Timer.PUBLISH_DEADLINE and state.publishing is not None:
         last = state.publishing.last_error
         why = "still not published" if last is None else last
         _publishing_failed(step, f"{why}; publisher.deadline_s passed")
-    elif name == USAGE and state.process is not None:
+    elif name == Timer.USAGE and state.process is not None:
         step.refresh_usage()
 
 

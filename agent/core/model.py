@@ -7,11 +7,12 @@ boot (:mod:`agent.core.clock`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.protocol import DesiredState, ObservedState, PublishedResults, RunOutput, Spec
+from agent.core.timers import Timer
+from agent.protocol import DesiredState, ObservedState, ObservedStateType, PublishedResults, RunOutput, Spec
 
 
 class _Frozen(BaseModel):
@@ -56,6 +57,25 @@ class Publishing(_Frozen):
     last_error: str | None = None
     next_try_at: float | None = None
 
+    def replace(self, **fields: Unpack[PublishingFields]) -> Publishing:
+        """A copy with ``fields`` changed; the type checker checks each name and type."""
+        return self.model_copy(update=fields)
+
+
+class PublishingFields(TypedDict, total=False):
+    """The fields of :class:`Publishing`, for typed updates (tests/unit/test_model_fields.py keeps them equal)."""
+
+    attempt: int
+    exit_code: int | None
+    outcome: Literal["completed", "failed"]
+    reason: str
+    ended_at: float
+    tries: int
+    in_flight: bool
+    failures: int
+    last_error: str | None
+    next_try_at: float | None
+
 
 class Usage(_Frozen):
     """What one attempt's cgroup has used, sampled at ``at`` (wall-clock epoch seconds)."""
@@ -99,9 +119,7 @@ class Execution(_Frozen):
     attempt: int = 0  # spawns asked for so far; each attempt has its own exit-status file
     spawn_pending: bool = False  # a Spawn for ``attempt`` is under way and has not reported back
     process: ProcessRef | None = None
-    deadlines: dict[str, float] = Field(
-        default_factory=dict
-    )  # timer name -> seconds since boot (core/clock.py)
+    deadlines: dict[Timer, float] = Field(default_factory=dict)  # -> seconds since boot (core/clock.py)
     # The wall-clock time the timeout deadline fell at when it was set: published as details.timeout_at
     # while that deadline is set (a stored time, so a status does not change with every reading of the clocks).
     timeout_at: float | None = None
@@ -123,7 +141,7 @@ class Execution(_Frozen):
     publishing: Publishing | None = None  # results are being published; the outcome waits for them
 
     @property
-    def state_type(self) -> str:
+    def state_type(self) -> ObservedStateType:
         return self.observed.state_type
 
     @property
@@ -132,11 +150,63 @@ class Execution(_Frozen):
         return self.process is not None or self.spawn_pending
 
     @property
-    def next_timer(self) -> tuple[str, float] | None:
+    def next_timer(self) -> tuple[Timer, float] | None:
         if not self.deadlines:
             return None
         name = min(self.deadlines, key=lambda n: self.deadlines[n])
         return name, self.deadlines[name]
+
+    def replace(self, **fields: Unpack[ExecutionFields]) -> Execution:
+        """A copy with ``fields`` changed; the type checker checks each name and type.
+
+        pydantic's ``model_copy(update=)`` validates nothing (a misspelt field would simply be added, a
+        wrong type stored), and validating every change would cost more than the rest of a decision, so
+        the check is the type checker's: ``fields`` is :class:`ExecutionFields`.
+        """
+        return self.model_copy(update=fields)
+
+
+class ExecutionFields(TypedDict, total=False):
+    """The fields of :class:`Execution`, for typed updates (tests/unit/test_model_fields.py keeps them equal)."""
+
+    execution_id: str
+    node_id: str
+    job_id: str
+    revision: int
+    generation: int
+    desired: DesiredState | None
+    spec: Spec | None
+    previous_execution_id: str | None
+    next_execution_id: str | None
+    created_at: float
+    updated_at: float
+    stable_at: float | None
+    observed: ObservedState
+    compute_reference: str | None
+    restart_count: int
+    run_output: RunOutput
+    details: dict[str, Any]
+    published_results: PublishedResults | None
+    started_once: bool
+    attempt: int
+    spawn_pending: bool
+    process: ProcessRef | None
+    deadlines: dict[Timer, float]
+    timeout_at: float | None
+    usage: Usage | None
+    recent_restarts: int
+    deleting: bool
+    stop_outcome: str | None
+    rejected_digest: str | None
+    in_window: bool
+    probe_passing: bool
+    probe_failures: int
+    handover_sent: bool
+    waiting_for_previous: bool
+    superseded: bool
+    handover_generation: int | None
+    rollback_asked: bool
+    publishing: Publishing | None
 
 
 class NeverAccepted(_Frozen):

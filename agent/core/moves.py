@@ -10,7 +10,8 @@ from agent.core import publish
 from agent.core.actions import ClearStatus, Forget, Signal, Spawn
 from agent.core.events import Released, RollbackFrom
 from agent.core.model import Absent, ProcessRef
-from agent.core.step import DEADLINE, GRACE, RESTART, TIMEOUT, USAGE, WINDOW, Decision, Step
+from agent.core.step import Decision, Step
+from agent.core.timers import Timer
 from agent.protocol import ObservedStateType, RunOutput
 
 
@@ -19,7 +20,7 @@ def start(step: Step, message: str = "spawning", state_type: ObservedStateType =
     state = step.state
     assert state.spec is not None, "a running desired state always has a spec"
     step.set(attempt=state.attempt + 1, spawn_pending=True, started_once=True, superseded=False)
-    step.clear_timers(RESTART)
+    step.clear_timers(Timer.RESTART)
     step.observe(state_type, message)
     step.actions.append(Spawn(state.execution_id, step.state.attempt, state.spec))
 
@@ -40,13 +41,15 @@ def on_started(step: Step, ref: ProcessRef) -> None:
     if state.state_type == "stopping":  # stop, deletion or failure was decided while it was being spawned
         signal_stop(step, state.observed.message)
         return
-    if state.spec.timeout_s is not None and TIMEOUT not in state.deadlines:
-        step.set_timer(TIMEOUT, state.spec.timeout_s)  # restarts keep it: it counts from the run's start
+    if state.spec.timeout_s is not None and Timer.TIMEOUT not in state.deadlines:
+        step.set_timer(
+            Timer.TIMEOUT, state.spec.timeout_s
+        )  # restarts keep it: it counts from the run's start
         step.set(timeout_at=step.now.wall + state.spec.timeout_s)
-    if DEADLINE not in state.deadlines and state.stable_at is None:
-        step.set_timer(DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
+    if Timer.DEADLINE not in state.deadlines and state.stable_at is None:
+        step.set_timer(Timer.DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
     if state.spec.probe is None:
-        step.set_timer(WINDOW, state.spec.validation.window_s)
+        step.set_timer(Timer.WINDOW, state.spec.validation.window_s)
     # A stable execution restarted after a crash stays degraded until it has passed the window again.
     step.observe("degraded" if state.state_type == "degraded" else "validating", "validating")
 
@@ -54,7 +57,7 @@ def on_started(step: Step, ref: ProcessRef) -> None:
 def stop(step: Step, message: str) -> None:
     """Stop whatever runs (or is being spawned); an execution with nothing running is simply stopped."""
     state = step.state
-    step.clear_timers(RESTART, WINDOW, DEADLINE, TIMEOUT)
+    step.clear_timers(Timer.RESTART, Timer.WINDOW, Timer.DEADLINE, Timer.TIMEOUT)
     step.set(waiting_for_previous=False)
     if state.publishing is not None:
         # The workload has ended; a stop asked for now ends the publishing too, unpublished.
@@ -74,15 +77,15 @@ def signal_stop(step: Step, message: str) -> None:
     assert state.process is not None
     assert state.spec is not None
     step.actions.append(Signal(state.execution_id, state.process, state.spec.stop.signal))
-    step.clear_timers(WINDOW, RESTART)  # a stopping workload can no longer become stable
-    step.set_timer(GRACE, state.spec.stop.grace_s)
+    step.clear_timers(Timer.WINDOW, Timer.RESTART)  # a stopping workload can no longer become stable
+    step.set_timer(Timer.GRACE, state.spec.stop.grace_s)
     step.observe("stopping", message)
 
 
 def fail_on_own(step: Step, reason: str) -> None:
     """The agent ends the execution itself (deadline, timeout): stop whatever runs, then land in failed."""
     state = step.state
-    step.clear_timers(RESTART, DEADLINE, TIMEOUT)
+    step.clear_timers(Timer.RESTART, Timer.DEADLINE, Timer.TIMEOUT)
     if state.process is not None:
         step.set(stop_outcome=reason)
         signal_stop(step, reason)
@@ -95,7 +98,7 @@ def fail_on_own(step: Step, reason: str) -> None:
 
 def failed(step: Step, reason: str) -> None:
     """Land in failed. An update that fails before it was ever stable asks its predecessor to take over."""
-    step.clear_timers(DEADLINE, TIMEOUT)
+    step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
     step.observe("failed", reason)
     state = step.state
     if state.stable_at is None and state.previous_execution_id is not None and not state.rollback_asked:
@@ -109,7 +112,7 @@ def on_gone(step: Step, exit_code: int | None, why: str | None, note: str = "") 
     ``note`` (leftover processes killed, say) is added to whichever message the status gets.
     """
     state = step.state
-    step.clear_timers(WINDOW, GRACE, USAGE)
+    step.clear_timers(Timer.WINDOW, Timer.GRACE, Timer.USAGE)
     step.set(in_window=False, probe_passing=False)
     if state.state_type == "stopping":
         if state.deleting:
@@ -134,7 +137,7 @@ def on_gone(step: Step, exit_code: int | None, why: str | None, note: str = "") 
         step.emit("lost", reason=reason)
         step.observe("lost", reason)
         if not restart(step, None, reason):
-            step.clear_timers(DEADLINE, TIMEOUT)
+            step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
         return step.done()
     why = _noted(why or exit_message("exited", exit_code), note)
     if not restart(step, exit_code, why):
@@ -163,13 +166,13 @@ def restart(step: Step, exit_code: int | None, why: str) -> bool:
     state = step.state
     assert state.spec is not None
     policy = state.spec.restart
-    in_time = not step.due(DEADLINE)
+    in_time = not step.due(Timer.DEADLINE)
     if not (wants_restart(step, exit_code) and state.recent_restarts < policy.max_restarts and in_time):
         return False
     delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
     step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
-    step.set_timer(RESTART, delay)
-    next_at = step.when(RESTART)
+    step.set_timer(Timer.RESTART, delay)
+    next_at = step.when(Timer.RESTART)
     step.emit("restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at)
     waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
     step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
@@ -183,9 +186,9 @@ def settle(step: Step, exit_code: int | None, why: str) -> None:
         if publish.wanted(step, "completed"):
             publish.begin(step, "completed", why)
             return
-        step.clear_timers(DEADLINE, TIMEOUT)
+        step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
         step.observe("completed", why)
-    elif step.due(DEADLINE) and state.stable_at is None:
+    elif step.due(Timer.DEADLINE) and state.stable_at is None:
         finish_failed(step, f"validation failed: {why} and validation.deadline_s has passed")
     else:
         finish_failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)

@@ -14,7 +14,8 @@ from typing import Literal
 
 from agent.core.actions import Publish
 from agent.core.model import Publishing
-from agent.core.step import DEADLINE, PUBLISH_DEADLINE, PUBLISH_RETRY, TIMEOUT, Step
+from agent.core.step import Step
+from agent.core.timers import Timer
 from agent.protocol import PUBLISHING_MESSAGE, rfc3339
 
 MESSAGE = PUBLISHING_MESSAGE
@@ -35,7 +36,7 @@ def begin(step: Step, outcome: Literal["completed", "failed"], reason: str) -> N
     state = step.state
     assert state.spec is not None
     assert state.spec.publisher is not None
-    step.clear_timers(DEADLINE, TIMEOUT)  # the run is over: neither can fail it any more
+    step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)  # the run is over: neither can fail it any more
     publishing = Publishing(
         attempt=state.attempt,
         exit_code=state.run_output.exit_code,
@@ -44,7 +45,7 @@ def begin(step: Step, outcome: Literal["completed", "failed"], reason: str) -> N
         ended_at=step.now.wall,
     )
     step.set(publishing=publishing)
-    step.set_timer(PUBLISH_DEADLINE, state.spec.publisher.deadline_s)
+    step.set_timer(Timer.PUBLISH_DEADLINE, state.spec.publisher.deadline_s)
     _observe(step)
     _try(step)
 
@@ -53,7 +54,7 @@ def retry(step: Step) -> None:
     """The backoff after a failed try has passed: try again."""
     publishing = step.state.publishing
     assert publishing is not None
-    step.set(publishing=publishing.model_copy(update={"tries": publishing.tries + 1, "in_flight": True}))
+    step.set(publishing=publishing.replace(tries=publishing.tries + 1, in_flight=True))
     _try(step)
 
 
@@ -70,22 +71,20 @@ def failed_try(step: Step, error: str) -> None:
     assert publishing is not None
     delay = min(RETRY_FIRST_S * 2**publishing.failures, RETRY_MAX_S)
     step.set(
-        publishing=publishing.model_copy(
-            update={
-                "in_flight": False,
-                "failures": publishing.failures + 1,
-                "last_error": error,
-                "next_try_at": step.now.wall + delay,
-            }
+        publishing=publishing.replace(
+            in_flight=False,
+            failures=publishing.failures + 1,
+            last_error=error,
+            next_try_at=step.now.wall + delay,
         )
     )
-    step.set_timer(PUBLISH_RETRY, delay)
+    step.set_timer(Timer.PUBLISH_RETRY, delay)
     _observe(step)
 
 
 def abandon(step: Step) -> None:
     """Stop publishing (the execution is stopped or deleted): a try in flight is ignored when it reports."""
-    step.clear_timers(PUBLISH_RETRY, PUBLISH_DEADLINE)
+    step.clear_timers(Timer.PUBLISH_RETRY, Timer.PUBLISH_DEADLINE)
     step.set(publishing=None)
 
 

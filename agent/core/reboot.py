@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from agent.core.clock import Now
 from agent.core.model import Execution
-from agent.core.step import PUBLISH_DEADLINE, PUBLISH_RETRY, RESTART
+from agent.core.timers import Timer
 
 
 def after_reboot(state: Execution, now: Now) -> Execution:
-    deadlines = {name: 0.0 for name in (RESTART, PUBLISH_RETRY) if name in state.deadlines}
+    deadlines: dict[Timer, float] = {
+        name: 0.0 for name in (Timer.RESTART, Timer.PUBLISH_RETRY) if name in state.deadlines
+    }
     publishing = state.publishing
     publisher = None if state.spec is None else state.spec.publisher
-    if publishing is not None and publisher is not None and PUBLISH_DEADLINE in state.deadlines:
+    if publishing is not None and publisher is not None and Timer.PUBLISH_DEADLINE in state.deadlines:
         left = publishing.ended_at + publisher.deadline_s - now.wall
-        deadlines[PUBLISH_DEADLINE] = now.boot + max(left, 0.0)
-    return state.model_copy(update={"deadlines": deadlines})
+        deadlines[Timer.PUBLISH_DEADLINE] = now.boot + max(left, 0.0)
+    return state.replace(deadlines=deadlines)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from agent.core.model import Execution, Usage
-from agent.core.timers import TIMEOUT
+from agent.core.timers import Timer
 from agent.protocol import rfc3339
 
 
@@ -41,7 +41,7 @@ def _published_results(execution: Execution) -> dict[str, Any] | None:
 def _details(execution: Execution) -> dict[str, Any]:
     """The execution's details, plus ``timeout_at`` while ``spec.timeout_s`` counts (the job's timeout_at)."""
     details = dict(execution.details)
-    if TIMEOUT in execution.deadlines and execution.timeout_at is not None:
+    if Timer.TIMEOUT in execution.deadlines and execution.timeout_at is not None:
         details["timeout_at"] = rfc3339(execution.timeout_at)  # wall clock: the deadline is on the boot clock
     return details
 
@@ -53,6 +53,10 @@ def status_view(execution: Execution | None) -> dict[str, Any] | None:
     document = status_document(execution)
     del document["revision"], document["updated_at"]
     return document
+
+
+# The events the lifecycle emits about one execution (docs/protocol.md, Events); the runtime emits node events.
+ExecutionEventType = Literal["lost", "restart", "rollback", "desired_rejected"]
 
 
 def event_document(

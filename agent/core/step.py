@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from agent.core.actions import Action, EmitEvent, PublishStatus, Tell
 from agent.core.clock import Now
 from agent.core.events import Mail
-from agent.core.model import Absent, Execution
-from agent.core.status import event_document, status_document, status_view, usage_document
-from agent.core.timers import (
-    DEADLINE,
-    GRACE,
-    PUBLISH_DEADLINE,
-    PUBLISH_RETRY,
-    RESTART,
-    TIMEOUT,
-    USAGE,
-    USAGE_REFRESH_S,
-    WINDOW,
+from agent.core.model import Absent, Execution, ExecutionFields
+from agent.core.status import (
+    ExecutionEventType,
+    event_document,
+    status_document,
+    status_view,
+    usage_document,
 )
+from agent.core.timers import USAGE_REFRESH_S, Timer
 from agent.protocol import ObservedState, ObservedStateType, rfc3339
-
-__all__ = [
-    "DEADLINE",
-    "GRACE",
-    "PUBLISH_DEADLINE",
-    "PUBLISH_RETRY",
-    "RESTART",
-    "TIMEOUT",
-    "USAGE",
-    "USAGE_REFRESH_S",
-    "WINDOW",
-    "Decision",
-    "Step",
-]
 
 Decision = tuple[Execution | Absent, list[Action]]
 
@@ -53,8 +35,9 @@ class Step:
     def of(cls, state: Execution, now: Now) -> Step:
         return cls(state, now, state)
 
-    def set(self, **fields: Any) -> None:
-        self.state = self.state.model_copy(update=fields)
+    def set(self, **fields: Unpack[ExecutionFields]) -> None:
+        """Change fields of the state; their names and types are checked by the type checker."""
+        self.state = self.state.replace(**fields)
 
     def observe(self, state_type: ObservedStateType, message: str = "", **details: Any) -> None:
         """Move to an observed state (its details replace the old ones) and publish it as its own revision."""
@@ -84,9 +67,9 @@ class Step:
             return
         self.set_detail("usage", usage_document(usage))
         if self.state.process is not None:
-            self.set_timer(USAGE, USAGE_REFRESH_S)
+            self.set_timer(Timer.USAGE, USAGE_REFRESH_S)
 
-    def emit(self, event_type: str, **fields: Any) -> None:
+    def emit(self, event_type: ExecutionEventType, **fields: Any) -> None:
         s = self.state
         self.actions.append(
             EmitEvent(event_document(event_type, s.node_id, s.execution_id, self.now.wall, **fields))
@@ -101,13 +84,13 @@ class Step:
             details[key] = value
         self.set(details=details)
 
-    def set_timer(self, name: str, delay_s: float) -> None:
+    def set_timer(self, name: Timer, delay_s: float) -> None:
         self.set(deadlines={**self.state.deadlines, name: self.now.boot + delay_s})
 
-    def clear_timers(self, *names: str) -> None:
+    def clear_timers(self, *names: Timer) -> None:
         self.set(deadlines={k: v for k, v in self.state.deadlines.items() if k not in names})
 
-    def due(self, name: str) -> bool | None:
+    def due(self, name: Timer) -> bool | None:
         """Whether timer ``name`` has come due; None if it is not set."""
         deadline = self.state.deadlines.get(name)
         return None if deadline is None else deadline <= self.now.boot
@@ -115,7 +98,7 @@ class Step:
     def at(self) -> str:
         return rfc3339(self.now.wall) or ""
 
-    def when(self, name: str) -> str:
+    def when(self, name: Timer) -> str:
         """The wall-clock time timer ``name`` will fire at, as published."""
         return rfc3339(self.now.wall_of(self.state.deadlines[name])) or ""
 

@@ -15,7 +15,8 @@ from agent.core.clock import Now
 from agent.core.events import HandOver, Mail, Released, RollbackFrom, RolledBack, SuccessorStable
 from agent.core.model import Absent, Execution
 from agent.core.moves import start, stop
-from agent.core.step import RESTART, Decision, Step
+from agent.core.step import Decision, Step
+from agent.core.timers import Timer
 
 
 def hand_over(step: Step) -> bool:
@@ -67,7 +68,7 @@ def on_mail(state: Execution | Absent, mail: Mail, now: Now) -> Decision:
 def _retire(step: Step, why: str) -> None:
     """Stop P for its successor, if anything of it runs or is about to; a finished P is left as it is."""
     state = step.state
-    if state.active or RESTART in state.deadlines:
+    if state.active or Timer.RESTART in state.deadlines:
         step.set(superseded=True)
         stop(step, f"stopping {why}" if state.active else f"stopped {why}")
 

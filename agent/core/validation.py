@@ -8,7 +8,8 @@ failures in a row make the execution ``degraded``, and the next pass makes it ``
 from __future__ import annotations
 
 from agent.core.events import SuccessorStable
-from agent.core.step import DEADLINE, WINDOW, Step
+from agent.core.step import Step
+from agent.core.timers import Timer
 
 
 def window_passed(step: Step) -> None:
@@ -19,7 +20,7 @@ def window_passed(step: Step) -> None:
     if state.spec.probe is not None and not state.probe_passing:
         return
     first = state.stable_at is None
-    step.clear_timers(DEADLINE, WINDOW)
+    step.clear_timers(Timer.DEADLINE, Timer.WINDOW)
     step.set(in_window=False, stable_at=state.stable_at if not first else step.now.wall, recent_restarts=0)
     step.observe("running", "stable")
     previous = state.previous_execution_id
@@ -40,12 +41,12 @@ def on_probe(step: Step, ok: bool, detail: str) -> None:
     if state.in_window:
         if ok and not state.probe_passing:
             step.set(probe_passing=True, probe_failures=0)
-            step.set_timer(WINDOW, state.spec.validation.window_s)
+            step.set_timer(Timer.WINDOW, state.spec.validation.window_s)
             if state.spec.validation.window_s == 0:
                 window_passed(step)
         elif not ok:
             step.set(probe_passing=False, probe_failures=state.probe_failures + 1)
-            step.clear_timers(WINDOW)  # every check must pass for the whole window: start it again
+            step.clear_timers(Timer.WINDOW)  # every check must pass for the whole window: start it again
         return
     if ok:
         step.set(probe_passing=True, probe_failures=0)

@@ -10,7 +10,7 @@ from agent.core.clock import Now
 from agent.core.events import ProcessExited, ProcessStarted, TimerFired
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef, Usage
-from agent.core.step import USAGE, USAGE_REFRESH_S
+from agent.core.timers import USAGE_REFRESH_S, Timer
 from tests.unit.test_lifecycle import EID, NODE, T0, desired, make_spec
 
 CGROUP = "/sys/fs/cgroup/reconcile-agent/workloads-x/web-2-1"
@@ -70,14 +70,14 @@ def test_a_sample_alone_makes_no_revision() -> None:
 def test_usage_alone_is_republished_a_minute_after_the_last_revision_that_carried_it() -> None:
     state = running(window_s=1000.0)
     # A deadline on the boot clock; the sample's time is on the wall clock.
-    assert state.deadlines[USAGE] == BOOT + 1 + USAGE_REFRESH_S
+    assert state.deadlines[Timer.USAGE] == BOOT + 1 + USAGE_REFRESH_S
     due = sampled(state, 7.5, T0 + 1 + USAGE_REFRESH_S)
-    new, actions = decide(due, TimerFired(USAGE), at(1 + USAGE_REFRESH_S))
+    new, actions = decide(due, TimerFired(Timer.USAGE), at(1 + USAGE_REFRESH_S))
     assert isinstance(new, Execution)
     [status] = published(actions)
     assert status.revision == state.revision + 1
     assert status.document["details"]["usage"]["cpu_seconds"] == 7.5
-    assert new.deadlines[USAGE] == state.deadlines[USAGE] + USAGE_REFRESH_S
+    assert new.deadlines[Timer.USAGE] == state.deadlines[Timer.USAGE] + USAGE_REFRESH_S
 
 
 def test_the_end_carries_the_last_usage_and_stops_the_usage_timer() -> None:
@@ -87,7 +87,7 @@ def test_the_end_carries_the_last_usage_and_stops_the_usage_timer() -> None:
     assert isinstance(new, Execution)
     assert new.details["usage"]["processes"] == 0
     assert new.details["usage"]["cpu_seconds"] == 3.0
-    assert USAGE not in new.deadlines
+    assert Timer.USAGE not in new.deadlines
 
 
 def test_leftovers_killed_after_the_main_process_exited_are_in_the_message() -> None:

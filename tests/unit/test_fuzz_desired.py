@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from agent.core.actions import PublishStatus, Signal, Spawn
 from agent.core.clock import Now
 from agent.core.events import DesiredReceived, Event, ProcessStarted, TimerFired
-from agent.core.lifecycle import WINDOW, decide
+from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
+from agent.core.timers import Timer
 from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
 from agent.intake import to_event
@@ -207,7 +208,7 @@ def _running() -> Execution:
     events: list[tuple[float, Event]] = [
         (T0, DesiredReceived(document.document, document.digest)),
         (T0 + 1, ProcessStarted(ref)),
-        (T0 + 3, TimerFired(WINDOW)),
+        (T0 + 3, TimerFired(Timer.WINDOW)),
     ]
     for now, event in events:
         state, _ = decide(state, event, Now(now, now))

@@ -7,7 +7,7 @@ from typing import Any
 from agent.core.actions import Forget, Publish
 from agent.core.events import DesiredDeleted, Published, PublishFailed, PublishResumed
 from agent.core.model import Execution
-from agent.core.step import PUBLISH_DEADLINE, PUBLISH_RETRY
+from agent.core.timers import Timer
 from agent.protocol import PublishedResults, ResultsMetadata, rfc3339
 from tests.unit.test_lifecycle import (
     EID,
@@ -53,7 +53,7 @@ def test_an_exit_that_completes_publishes_first_keeping_the_state_type() -> None
     assert e.run_output.exit_code == 0
     [publish] = publishes_of(r.last)
     assert (publish.attempt, publish.try_no, publish.exit_code, publish.job_id) == (1, 1, 0, EID)
-    assert e.deadlines == {PUBLISH_DEADLINE: T0 + 5 + 100}  # validation deadline and window are gone
+    assert e.deadlines == {Timer.PUBLISH_DEADLINE: T0 + 5 + 100}  # validation deadline and window are gone
 
 
 def test_the_revision_that_completes_carries_published_results() -> None:
@@ -78,10 +78,10 @@ def test_a_failed_try_is_retried_with_backoff_doubling_to_a_minute() -> None:
         details = e.observed.details["publishing"]
         assert details["attempts"] == n
         assert details["last_error"] == "connection refused"
-        delays.append(e.deadlines[PUBLISH_RETRY] - now)
-        assert details["next_attempt_at"] == rfc3339(e.deadlines[PUBLISH_RETRY])
+        delays.append(e.deadlines[Timer.PUBLISH_RETRY] - now)
+        assert details["next_attempt_at"] == rfc3339(e.deadlines[Timer.PUBLISH_RETRY])
         assert e.state_type == "validating"
-        r = r.then((e.deadlines[PUBLISH_RETRY] - T0, timer(PUBLISH_RETRY)))
+        r = r.then((e.deadlines[Timer.PUBLISH_RETRY] - T0, timer(Timer.PUBLISH_RETRY)))
         [again] = publishes_of(r.last)
         assert again.try_no == n + 1
         assert types_published(r.last) == []  # the retry itself publishes no revision
@@ -90,7 +90,7 @@ def test_a_failed_try_is_retried_with_backoff_doubling_to_a_minute() -> None:
 
 def test_the_deadline_fails_it_with_the_last_error_and_keeps_the_exit_code() -> None:
     r = job().then((6, PublishFailed(1, "cannot connect to http://127.0.0.1:9", retryable=True)))
-    r = r.then((105, timer(PUBLISH_DEADLINE)))
+    r = r.then((105, timer(Timer.PUBLISH_DEADLINE)))
     e = r.execution
     assert e.state_type == "failed"
     assert e.observed.message == (
@@ -113,7 +113,7 @@ def test_a_late_or_stale_report_is_ignored() -> None:
     before = r.execution
     r = r.then(Published(1, RESULTS))  # try 1 already reported
     assert r.execution == before
-    r = r.then((8, timer(PUBLISH_RETRY)), Published(1, RESULTS))
+    r = r.then((8, timer(Timer.PUBLISH_RETRY)), Published(1, RESULTS))
     assert r.execution.state_type == "validating"
     r = r.then(Published(2, RESULTS))
     assert r.execution.state_type == "completed"
@@ -170,7 +170,7 @@ def test_a_stop_while_publishing_abandons_it() -> None:
     assert e.state_type == "stopped"
     assert e.observed.message == "stopped by request; results not published"
     assert e.publishing is None
-    assert PUBLISH_DEADLINE not in e.deadlines
+    assert Timer.PUBLISH_DEADLINE not in e.deadlines
     assert r.then(Published(1, RESULTS)).execution == e  # the try in flight reports too late
 
 
