@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from agent.operator.generations import read_current
 from agent.operator.outcome import Outcome
 from agent.operator.progress import Goal, follow
 from agent.operator.render import note, out, out_json
+from agent.operator.rollback import Rollback, follow_rollback
 from agent.operator.session import connect
 from agent.operator.snapshot import Key
 from agent.protocol import dumps
@@ -36,8 +38,20 @@ async def apply(args: argparse.Namespace, target: Target) -> int:
             goals[key] = Goal(item.desired_state, generation)
             echo(f"{item.name}  generation {generation} applied (desired {item.desired_state})")
         results: dict[Key, Outcome] = {}
+        rollbacks: dict[Key, Rollback] = {}
         if args.wait:
-            results = await follow(session, goals, dict(current.statuses), args.timeout, echo)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + args.timeout
+            known = dict(current.statuses)
+            results = await follow(session, goals, known, args.timeout, echo)
+            for key, reached in results.items():
+                failed = not reached.ok and key in known and known[key].state in ("failed", "lost")
+                if failed:  # if it was an update, the rest of the story: what runs now
+                    rollback = await follow_rollback(
+                        session, known[key], known, max(0.0, deadline - loop.time()), echo
+                    )
+                    if rollback is not None:
+                        rollbacks[key] = rollback
     if not args.wait:
         if as_json:
             out_json([_result(key, goal, None, waited=False) for key, goal in goals.items()])
@@ -49,9 +63,16 @@ async def apply(args: argparse.Namespace, target: Target) -> int:
         elif result.ok:
             echo(f"{key[0]}/{key[1]}  ok: {result.summary}")
         else:
-            echo(f"{key[0]}/{key[1]}  FAILED: {result.summary}")
+            rollback = rollbacks.get(key)
+            tail = f"; {rollback.text()}" if rollback is not None else ""
+            echo(f"{key[0]}/{key[1]}  FAILED: {result.summary}{tail}")
     if as_json:
-        out_json([_result(key, goal, results.get(key), waited=True) for key, goal in goals.items()])
+        out_json(
+            [
+                _result(key, goal, results.get(key), waited=True, rollback=rollbacks.get(key))
+                for key, goal in goals.items()
+            ]
+        )
     missed = sum(1 for key in goals if not (key in results and results[key].ok))
     if missed:
         note(f"reconcile-agent: {missed} of {len(goals)} executions did not reach their desired state")
@@ -59,7 +80,9 @@ async def apply(args: argparse.Namespace, target: Target) -> int:
     return EXIT_OK
 
 
-def _result(key: Key, goal: Goal, result: Outcome | None, *, waited: bool) -> dict[str, Any]:
+def _result(
+    key: Key, goal: Goal, result: Outcome | None, *, waited: bool, rollback: Rollback | None = None
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "node_id": key[0],
         "execution_id": key[1],
@@ -69,4 +92,7 @@ def _result(key: Key, goal: Goal, result: Outcome | None, *, waited: bool) -> di
     if waited:
         document["result"] = "timeout" if result is None else ("ok" if result.ok else "failed")
         document["summary"] = "" if result is None else result.summary
+        if result is not None and not result.ok:
+            # What runs now after a failed update: the predecessor rolled back to, or null for no update.
+            document["rollback"] = None if rollback is None else rollback.record()
     return document

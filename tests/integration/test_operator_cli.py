@@ -184,6 +184,7 @@ async def test_apply_of_a_failing_workload_exits_non_zero(
         "desired_state": "running",
         "result": "failed",
         "summary": "failed: exited with exit code 3",
+        "rollback": None,  # not an update
     }
 
 
