@@ -126,8 +126,10 @@ class Broker:
         host: str = "127.0.0.1",
         port: int | None = None,
         tcp_nodelay: bool = True,
+        stock: bool = False,
     ) -> None:
         self.tcp_nodelay = tcp_nodelay
+        self.stock = stock  # mosquitto as most users run it: its defaults, a listener and a log only
         self.kind: BrokerKind = kind or resolve_kind()
         self.host = host
         self._auto_port = port is None
@@ -208,6 +210,8 @@ class Broker:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "max_queued_messages 100000",
         ]
+        if self.stock:  # no persistence, Nagle on, queues of 1000 + 20 in flight
+            lines = [*lines[:2], f"log_dest file {self.log_path}"]
         if os.geteuid() == 0:
             lines.append(
                 "user root"
