@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.labels import labels_problems
 from agent.names import id_problem
+from agent.reasons import os_reason
 
 ENV_PREFIX = "RECONCILE_"
 ENV_NESTED_DELIMITER = "__"
@@ -392,8 +393,8 @@ def yaml_where(exc: yaml.YAMLError) -> str:
 
 
 def _why(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+    if isinstance(exc, OSError):
+        return os_reason(exc)
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text"
     return str(exc)

@@ -30,7 +30,8 @@ from agent.executors.process import ProcessExecutor
 from agent.identity import IdentityConflict
 from agent.inbox import Inbox
 from agent.intake import Intake
-from agent.metrics import Metrics
+from agent.metrics import Metrics, Sources
+from agent.metrics_http import Endpoint
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.probes import Prober
@@ -120,7 +121,17 @@ class Agent:
         self.capacity = CapacityWatch(
             lambda: measure(config.state_dir), lambda: self.outbox.changed(node_status=True)
         )
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(
+            config.node_id,
+            self.topics,
+            Sources(
+                counts=self.runtime.counts,
+                connected=self.link.connected.is_set,
+                outbox_depth=self.store.depth,
+                now=self.runtime.clock.now,
+            ),
+        )
+        self.metrics_endpoint = Endpoint(self.metrics)
         self.runtime.observers.append(self.metrics.observe_decision)
         self.link.on_published.append(self.metrics.observe_published)
         self.notifier = SystemdNotifier.from_environment()
@@ -136,7 +147,7 @@ class Agent:
             ),
         ]
         if config.metrics.address is not None:
-            loops.append(("metrics", self.metrics.serve(config.metrics.address)))
+            loops.append(("metrics", self.metrics_endpoint.serve(config.metrics.address)))
         if self.notifier is not None:
             loops.append(("watchdog", self.notifier.watchdog_forever()))
         group = await self._stack.enter_async_context(asyncio.TaskGroup())

@@ -1,45 +1,38 @@
-"""Prometheus metrics and /healthz, served on ``metrics.address`` when configured (off by default).
+"""Prometheus metrics and the /healthz report (served by agent/metrics_http.py when configured).
 
-Every agent has its own :class:`CollectorRegistry`, so two agents in one process (the tests) never share
-a series. What can be read at any moment (executions per observed state, outbox depth, broker link) is
-computed at scrape time by a collector; what happens (transitions, restarts, rollbacks, rejections, lost
-workloads, desired-to-status latency) is counted from the runtime's committed decisions and from what the
-broker acknowledges. The HTTP endpoint is served by the agent's own event loop, so a /healthz answer
-proves the loop is alive, and the store (which is not thread-safe) is only ever read from that loop.
+Owns the agent's series. Every agent has its own :class:`CollectorRegistry`, so two agents in one
+process (the tests) never share a series. What can be read at any moment (executions per observed state,
+outbox depth, broker link) is computed at scrape time from :class:`Sources`, a few narrow functions; what
+happens (transitions, restarts, rollbacks, rejections, lost workloads, desired-to-status latency) is
+counted from the runtime's committed decisions and from what the broker acknowledges. It reads nothing
+else: not the store, the link or the runtime themselves, and it serves no HTTP.
 
 See docs/metrics.md for every series, /healthz and the choices made here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.config import parse_address
 from agent.core.actions import EmitEvent, PublishStatus
 from agent.core.events import DesiredReceived
 from agent.core.model import Absent, Execution
 from agent.outbox import Message
-from agent.protocol import OBSERVED_STATES
+from agent.protocol import OBSERVED_STATES, Topics
 from agent.runtime import Decided
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
 
 log = structlog.get_logger("agent.metrics")
 
@@ -49,9 +42,6 @@ ABSENT = "absent"  # the pseudo-state of an execution the agent does not (or no 
 # milliseconds normally, up to a broker outage when the status waited in the outbox.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 MAX_AWAITING = 10_000  # statuses waited for at once; past it the oldest are dropped (unmeasured)
-BIND_RETRY_S = 30.0  # how often to try the metrics address again while it cannot be bound
-REQUEST_TIMEOUT_S = 10.0  # a client has this long to send its request head
-MAX_REQUEST_HEAD = 16 * 1024  # bytes of request line and headers
 
 # Event documents (type -> counter attribute) counted when a decision emits them.
 _COUNTED_EVENTS = {
@@ -60,14 +50,17 @@ _COUNTED_EVENTS = {
     "desired_rejected": "rejections",
     "lost": "lost",
 }
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
-_REASONS |= {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the metrics read at scrape time: quick calls, on the agent's loop (the store is not
+    thread-safe). ``outbox_depth`` may raise: the store does not answer."""
+
+    counts: Callable[[], Mapping[str, int]]  # executions by observed state
+    connected: Callable[[], bool]  # the MQTT session to the broker is established
+    outbox_depth: Callable[[], int]  # messages stored and not yet acknowledged by the broker
+    now: Callable[[], float]  # the wall clock the runtime stamps its decisions with
 
 
 def _state_of(state: Execution | Absent) -> str:
@@ -93,25 +86,25 @@ def transitions_of(decided: Decided) -> list[tuple[str, str]]:
 class _Live(Collector):
     """What is read at scrape time: executions per state, outbox depth, broker connection."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
 
     def collect(self) -> Iterable[Metric]:
-        agent = self._agent
+        sources = self._sources
         executions = GaugeMetricFamily(
             f"{PREFIX}_executions", "Executions known to the agent, by observed state.", labels=["state"]
         )
-        counts = agent.runtime.counts()
+        counts = sources.counts()
         for state in OBSERVED_STATES:
             executions.add_metric([state], counts.get(state, 0))
         yield executions
         yield GaugeMetricFamily(
             f"{PREFIX}_broker_connected",
             "1 while the MQTT session to the broker is established, else 0.",
-            value=1 if agent.link.connected.is_set() else 0,
+            value=1 if sources.connected() else 0,
         )
         try:
-            depth = agent.store.depth()
+            depth = sources.outbox_depth()
         except Exception as exc:
             log.warning("metrics: cannot read the outbox depth", error=str(exc))
         else:
@@ -123,13 +116,15 @@ class _Live(Collector):
 
 
 class Metrics:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.log = log.bind(node=agent.config.node_id)
+    def __init__(self, node_id: str, topics: Topics, sources: Sources) -> None:
+        self.node_id = node_id
+        self.topics = topics
+        self.sources = sources
+        self.log = log.bind(node=node_id)
         self.registry = CollectorRegistry()
         registry = self.registry
         Info(PREFIX, "The agent: its version and node id (value always 1).", registry=registry).info(
-            {"version": __version__, "node": agent.config.node_id}
+            {"version": __version__, "node": node_id}
         )
         self.transitions = Counter(
             f"{PREFIX}_transitions",
@@ -161,12 +156,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        registry.register(_Live(agent))
+        registry.register(_Live(sources))
         ProcessCollector(registry=registry)
         # (status topic, revision) -> decision time, for statuses made by a desired document and not yet out.
         self._awaiting: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._awaiting_topics: Tally[str] = Tally()
-        self.serving = asyncio.Event()  # set while the HTTP endpoint is listening
 
     # --- counting ----------------------------------------------------------------------------------
 
@@ -195,7 +189,7 @@ class Metrics:
                 None,
             )
             if first is not None:
-                self._await(self.agent.topics.status(first.execution_id), first.revision, decided.at)
+                self._await(self.topics.status(first.execution_id), first.revision, decided.at)
 
     def _await(self, topic: str, revision: int, at: float) -> None:
         if (topic, revision) in self._awaiting:  # revisions never repeat; be safe all the same
@@ -222,7 +216,7 @@ class Metrics:
     def _published(self, message: Message) -> None:
         if not message.payload:
             return
-        if message.topic == self.agent.topics.events:
+        if message.topic == self.topics.events:
             # Rejections of a desired document on a bad topic are node events: they are queued outside the
             # lifecycle (no decision), so they are counted here, once the broker has them.
             if b"desired_rejected" in message.payload:
@@ -239,7 +233,7 @@ class Metrics:
         if at is None:
             return
         self._forget_topic(message.topic)
-        self.desired_to_status.observe(max(0.0, self.agent.runtime.clock.now() - at))
+        self.desired_to_status.observe(max(0.0, self.sources.now() - at))
 
     # --- health ------------------------------------------------------------------------------------
 
@@ -250,116 +244,15 @@ class Metrics:
         """
         report: dict[str, Any] = {
             "status": "ok",
-            "node_id": self.agent.config.node_id,
+            "node_id": self.node_id,
             "event_loop": "ok",
-            "broker_connected": self.agent.link.connected.is_set(),
+            "broker_connected": self.sources.connected(),
         }
         try:
-            report["outbox_depth"] = self.agent.store.depth()
+            report["outbox_depth"] = self.sources.outbox_depth()
         except Exception as exc:
             report["status"] = "unhealthy"
             report["store"] = f"error: {exc}"
             return 503, report
         report["store"] = "ok"
         return 200, report
-
-    # --- HTTP --------------------------------------------------------------------------------------
-
-    async def serve(self, address: str) -> None:
-        """Serve GET /metrics and GET /healthz on host:port until cancelled.
-
-        An address that cannot be bound (in use, not local, privileged) does not stop the agent: the error
-        is logged and binding is tried again every BIND_RETRY_S, while reconciliation goes on.
-        """
-        host, port = parse_address(address)  # the config refused a bad one when it was loaded
-        last_error = None
-        while True:
-            try:
-                server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_HEAD)
-            except OSError as exc:
-                error = str(exc)
-                report = self.log.error if error != last_error else self.log.debug
-                report(
-                    "metrics: cannot listen; the agent runs on without metrics and tries again",
-                    address=address,
-                    error=error,
-                    retry_in_s=BIND_RETRY_S,
-                )
-                last_error = error
-                await asyncio.sleep(BIND_RETRY_S)
-                continue
-            break
-        async with server:
-            self.log.info("metrics: serving /metrics and /healthz", address=address)
-            self.serving.set()
-            try:
-                await server.serve_forever()
-            finally:
-                self.serving.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except TimeoutError:
-                reply = _Reply.text(408, "request timeout\n")
-            except asyncio.LimitOverrunError:
-                reply = _Reply.text(431, "request head too large\n")
-            else:
-                try:
-                    reply = self._respond(head)
-                except Exception:
-                    self.log.exception("metrics: cannot answer a request")
-                    reply = _Reply.text(503, "internal error\n")
-            writer.write(reply.encode())
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client went away
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    def _respond(self, head: bytes) -> _Reply:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return _Reply.text(400, "bad request\n")
-        method, target, _ = parts
-        headers = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if colon:
-                headers[name.strip().lower()] = value.strip()
-        path = target.split("?", 1)[0]
-        if path not in ("/metrics", "/healthz"):
-            return _Reply.text(404, "not found: try /metrics or /healthz\n")
-        if method not in ("GET", "HEAD"):
-            reply = _Reply.text(405, "method not allowed\n")
-            reply.headers["Allow"] = "GET, HEAD"
-            return reply
-        if path == "/healthz":
-            code, report = self.health()
-            body = (json.dumps(report) + "\n").encode()
-            return _Reply(code, {"Content-Type": "application/json"}, body, head_only=method == "HEAD")
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
-        return _Reply(200, {"Content-Type": content_type}, encoder(self.registry), head_only=method == "HEAD")
-
-
-@dataclass
-class _Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    head_only: bool = False  # a HEAD request: the headers of the GET reply, without its body
-
-    @classmethod
-    def text(cls, status: int, text: str) -> _Reply:
-        return cls(status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode())
-
-    def encode(self) -> bytes:
-        lines = [f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}"]
-        lines += [f"{name}: {value}" for name, value in self.headers.items()]
-        lines += [f"Content-Length: {len(self.body)}", "Connection: close", "", ""]
-        return "\r\n".join(lines).encode("latin-1") + (b"" if self.head_only else self.body)

@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import AgentConfig, ConfigError, TlsConfig
+from agent.reasons import os_reason
 
 log = structlog.get_logger("agent.tls")
 
@@ -118,8 +119,7 @@ def _check_readable(key: str, path: Path) -> None:
         with path.open("rb"):
             pass
     except OSError as exc:
-        why = exc.strerror.lower() if exc.strerror else str(exc)
-        raise ConfigError(path, f"mqtt.tls.{key}: cannot read {path}: {why}") from exc
+        raise ConfigError(path, f"mqtt.tls.{key}: cannot read {path}: {os_reason(exc)}") from exc
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -30,29 +30,21 @@ import asyncio
 import os
 import re
 import shutil
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
 
+from agent.reasons import os_reason_at
+from agent.streams import STREAMS, lock, rotated
+
 log = structlog.get_logger("agent.executors.logs")
 
-STREAMS = ("stdout.log", "stderr.log")
 COPY_CHUNK = 1024 * 1024
-
-_lock = threading.Lock()
-
-
-def rotated(live: Path, n: int) -> Path:
-    """The n-th rotated file of ``live`` (1 is the newest)."""
-    return live.with_name(f"{live.name}.{n}")
 
 
 def rotate(live: Path, keep: int) -> bool:
     """Rotate ``live`` now (copy, then truncate); False if it does not exist. Raises OSError."""
-    with _lock:
+    with lock:
         try:
             source = live.open("r+b")  # not O_APPEND: ftruncate needs write access, the writer is unaffected
         except FileNotFoundError:
@@ -81,28 +73,6 @@ def rotate(live: Path, keep: int) -> bool:
         return True
 
 
-@contextmanager
-def rotation_paused() -> Iterator[None]:
-    """No rotation starts (in this process) until the block ends: a stream's files hold still."""
-    with _lock:
-        yield
-
-
-def stream_files(live: Path) -> list[Path]:
-    """Every file that holds part of a stream, oldest first: ``live.N`` ... ``live.1``, then ``live``.
-
-    Only files that exist; call it under :func:`rotation_paused` so the list stays true while read.
-    """
-    pattern = re.compile(re.escape(live.name) + r"\.([0-9]+)")
-    numbered = []
-    for path in live.parent.glob(f"{live.name}.*"):
-        match = pattern.fullmatch(path.name)
-        if match is not None:
-            numbered.append((int(match.group(1)), path))
-    files = [path for _, path in sorted(numbered, reverse=True)]
-    return [*files, live] if live.exists() else files
-
-
 def _drop_beyond(live: Path, keep: int) -> None:
     pattern = re.compile(re.escape(live.name) + r"\.([0-9]+)")
     for path in live.parent.glob(f"{live.name}.*"):
@@ -129,7 +99,7 @@ def rotate_all(root: Path, max_bytes: int, keep: int) -> tuple[list[Path], dict[
     except FileNotFoundError:
         return done, errors  # no execution has run yet
     except OSError as exc:
-        return done, {root: _why(exc)}
+        return done, {root: os_reason_at(exc)}
     for run_dir in run_dirs:
         for name in STREAMS:
             live = run_dir / name
@@ -138,7 +108,7 @@ def rotate_all(root: Path, max_bytes: int, keep: int) -> tuple[list[Path], dict[
                     done.append(live)
             except OSError as exc:
                 if run_dir.exists():  # else: removed with its execution meanwhile, not a problem
-                    errors[live] = _why(exc)
+                    errors[live] = os_reason_at(exc)
     return done, errors
 
 
@@ -181,7 +151,3 @@ def _last_bytes(path: Path, limit: int) -> bytes:
             return stream.read(limit)
     except FileNotFoundError:
         return b""  # out of descriptors or an I/O error is not an empty log: those raise
-
-
-def _why(exc: OSError) -> str:
-    return f"{exc.strerror.lower()}: {exc.filename}" if exc.strerror and exc.filename else str(exc)

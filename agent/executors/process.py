@@ -35,6 +35,7 @@ from agent.executors import cgroups
 from agent.executors.cgroups import Containment, open_containment
 from agent.executors.logs import read_tail
 from agent.protocol import Spec
+from agent.streams import STREAMS
 
 # The files the supervisor writes, a contract between agent versions (docs/upgrade.md): a later agent
 # reads every earlier format, as supervisors of the old version outlive an upgrade.
@@ -351,7 +352,8 @@ class ProcessExecutor:
             exit_code = None  # never written: the supervisor did not see its workload end
         except ValueError:
             exit_code = None  # written atomically, so this is damage, not a code
-        return Outcome(exit_code, _tail(run_dir / "stdout.log"), _tail(run_dir / "stderr.log"))
+        stdout, stderr = (_tail(run_dir / live) for live in STREAMS)
+        return Outcome(exit_code, stdout, stderr)
 
     # --- stop -------------------------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
-# The same loader as configuration files: unique string keys, no arbitrary objects.
 from agent.config import StrictKeyLoader, yaml_where
 from agent.names import id_problem
 from agent.operator.errors import EXIT_USAGE, OperatorError
 from agent.protocol import Rejected, dumps, parse_desired
+
+# The same loader as configuration files: unique string keys, no arbitrary objects.
+from agent.reasons import os_reason
 
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024  # the agent's default limits.max_payload_bytes
 STDIN = "-"
@@ -138,8 +140,7 @@ def _read(path: str) -> str:
     except UnicodeDecodeError:
         raise OperatorError(f"{_label(path)}: cannot read: not UTF-8 text", EXIT_USAGE) from None
     except OSError as exc:
-        why = (exc.strerror or str(exc)).lower()
-        raise OperatorError(f"{_label(path)}: cannot read: {why}", EXIT_USAGE) from None
+        raise OperatorError(f"{_label(path)}: cannot read: {os_reason(exc).lower()}", EXIT_USAGE) from None
 
 
 class _DuplicateKeyError(ValueError):

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from agent.executors.logs import rotation_paused, stream_files
+from agent.reasons import os_reason_at
 from agent.results.errors import PublishError
+from agent.streams import STREAM_FILES, rotation_paused, stream_files
 
 COMPRESS_LEVEL = 6  # gzip's and tar czf's default: level 9 costs twice the time for a few per cent
 CHUNK = 1024 * 1024
-LOG_STREAMS = (("stdout", "stdout.log"), ("stderr", "stderr.log"))
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def pack(
         # Not parents=True: a run directory removed with its execution meanwhile must not come back.
         destination.parent.mkdir(exist_ok=True)
         with rotation_paused(), ExitStack() as stack:
-            logs = [(name, _open_stream(stack, run_dir / live)) for name, live in LOG_STREAMS]
+            logs = [(name, _open_stream(stack, run_dir / live)) for name, live in STREAM_FILES]
             content = len(exit_text) + sum(size for _, parts in logs for _, size in parts)
             content += sum(e.size for e in entries)
             _check_size(content, max_bytes)
@@ -143,7 +143,7 @@ def pack(
         _fsync_dir(destination.parent)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise PublishError(f"cannot pack the results: {_why(exc)}", retryable=True) from exc
+        raise PublishError(f"cannot pack the results: {os_reason_at(exc)}", retryable=True) from exc
     except PublishError:
         partial.unlink(missing_ok=True)
         raise
@@ -252,9 +252,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _why(exc: OSError) -> str:
-    if exc.strerror and exc.filename:
-        return f"{exc.strerror.lower()}: {exc.filename}"
-    return str(exc)

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-import agent.metrics
+import agent.metrics_http
 from agent import __version__
 from agent.config import AgentConfig, MetricsConfig
 from agent.protocol import OBSERVED_STATES
@@ -93,7 +93,7 @@ async def test_metrics_follow_the_workloads_and_the_broker(
     port = free_port()
     config = with_metrics(config_for(broker, state_dir), port)
     async with running_agent(config) as running:
-        await wait_until(running.metrics.serving.is_set, 10, what="metrics serving")
+        await wait_until(running.metrics_endpoint.serving.is_set, 10, what="metrics serving")
 
         # One workload running, one crashing until its restarts run out, one unreadable document, and one
         # document on a topic whose execution id is not a valid name (a node-level rejection).
@@ -176,7 +176,7 @@ async def test_metrics_follow_the_workloads_and_the_broker(
 async def test_an_address_in_use_keeps_the_agent_running_and_is_retried(
     broker: Broker, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent.metrics, "BIND_RETRY_S", 0.05)
+    monkeypatch.setattr(agent.metrics_http, "BIND_RETRY_S", 0.05)
     port = free_port()
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -190,11 +190,13 @@ async def test_an_address_in_use_keeps_the_agent_running_and_is_retried(
 
                 await wait_until(refused, 10, what="the bind error logged")
                 assert refused()[0]["log_level"] == "error"
-                assert not running.metrics.serving.is_set()
+                assert not running.metrics_endpoint.serving.is_set()
                 assert running.link.connected.is_set()  # the agent itself is up
 
                 blocker.close()
-                await wait_until(running.metrics.serving.is_set, 10, what="metrics serving after a retry")
+                await wait_until(
+                    running.metrics_endpoint.serving.is_set, 10, what="metrics serving after a retry"
+                )
                 status, _, body = await http(port, "/healthz")
                 assert status == 200, body
                 # Error once, then quietly: a retry with the same error is not logged again at error.
@@ -212,10 +214,10 @@ async def test_metrics_are_off_by_default(broker: Broker, state_dir: Path) -> No
 async def test_misbehaving_clients_get_an_answer_and_do_not_stop_the_endpoint(
     broker: Broker, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent.metrics, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(agent.metrics_http, "REQUEST_TIMEOUT_S", 0.2)
     port = free_port()
     async with running_agent(with_metrics(config_for(broker, state_dir), port)) as running:
-        await wait_until(running.metrics.serving.is_set, 10, what="metrics serving")
+        await wait_until(running.metrics_endpoint.serving.is_set, 10, what="metrics serving")
 
         async def raw(request: bytes) -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -228,7 +230,7 @@ async def test_misbehaving_clients_get_an_answer_and_do_not_stop_the_endpoint(
                 writer.close()
 
         assert (await raw(b"")).startswith(b"HTTP/1.1 408 ")  # says nothing: timed out
-        too_long = b"GET /metrics HTTP/1.1\r\nX-Filler: " + b"x" * (agent.metrics.MAX_REQUEST_HEAD + 1)
+        too_long = b"GET /metrics HTTP/1.1\r\nX-Filler: " + b"x" * (agent.metrics_http.MAX_REQUEST_HEAD + 1)
         assert (await raw(too_long)).startswith(b"HTTP/1.1 431 ")
         assert (await raw(b"\x16\x03\x01 not http\r\n\r\n")).startswith(b"HTTP/1.1 400 ")  # e.g. TLS
         # A client that hangs up at once is nothing to worry about either.
@@ -241,7 +243,7 @@ async def test_misbehaving_clients_get_an_answer_and_do_not_stop_the_endpoint(
 async def test_a_rollback_is_counted(broker: Broker, watching: Probe, state_dir: Path) -> None:
     port = free_port()
     async with running_agent(with_metrics(config_for(broker, state_dir), port)) as running:
-        await wait_until(running.metrics.serving.is_set, 10, what="metrics serving")
+        await wait_until(running.metrics_endpoint.serving.is_set, 10, what="metrics serving")
         await watching.publish(desired_topic(NODE, "v1"), desired("v1", command=sleeper()), retain=True)
         await StatusLog(watching, NODE, "v1").wait_state("running")
         update = desired("v2", command=["sh", "-c", "exit 1"]) | {"previous_execution_id": "v1"}

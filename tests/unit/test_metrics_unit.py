@@ -21,7 +21,8 @@ from agent.core.events import DesiredDeleted, DesiredReceived, ProcessExited, Ti
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution
 from agent.core.status import event_document, status_document
-from agent.metrics import Metrics, transitions_of
+from agent.metrics import Metrics, Sources, transitions_of
+from agent.metrics_http import Endpoint
 from agent.outbox import Message
 from agent.protocol import OBSERVED_STATES, Accepted, ObservedState, Topics, dumps, parse_desired
 from agent.runtime import Decided
@@ -105,6 +106,17 @@ def fake_agent(address: str | None = None, node_id: str = NODE) -> Any:
     )
 
 
+def metrics_of(agent: Any) -> Metrics:
+    """Metrics fed from the fake agent's parts, as agent/daemon.py feeds them from the real ones."""
+    sources = Sources(
+        counts=agent.runtime.counts,
+        connected=agent.link.connected.is_set,
+        outbox_depth=agent.store.depth,
+        now=agent.runtime.clock.now,
+    )
+    return Metrics(agent.config.node_id, agent.topics, sources)
+
+
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(metrics.registry).decode()
     return {
@@ -158,7 +170,7 @@ def test_a_new_execution_counts_every_intermediate_state() -> None:
     )
     assert transitions_of(decided) == [("absent", "pending"), ("pending", "starting")]
 
-    metrics = Metrics(fake_agent())
+    metrics = metrics_of(fake_agent())
     metrics.observe_decision(decided)
     samples = scrape(metrics)
     assert value(samples, "reconcile_agent_transitions_total", **{"from": "absent", "to": "pending"}) == 1
@@ -181,7 +193,7 @@ def test_deletion_ends_in_absent() -> None:
 
 
 def test_events_are_counted_by_type() -> None:
-    metrics = Metrics(fake_agent())
+    metrics = metrics_of(fake_agent())
     before = execution("web", "validating", revision=3)
     after = execution("web", "starting", revision=4)
 
@@ -209,7 +221,7 @@ def test_events_are_counted_by_type() -> None:
 
 
 def test_node_level_rejections_are_counted_when_published() -> None:
-    metrics = Metrics(fake_agent())
+    metrics = metrics_of(fake_agent())
     node_rejection = event_document("desired_rejected", NODE, None, 1.0, generation=None, reason="bad topic")
     execution_rejection = event_document("desired_rejected", NODE, "web", 1.0, generation=2, reason="bad")
     started = event_document("agent_started", NODE, None, 1.0)
@@ -227,7 +239,7 @@ def test_node_level_rejections_are_counted_when_published() -> None:
 
 def test_desired_to_status_is_measured_to_the_first_acknowledged_revision() -> None:
     agent = fake_agent()
-    metrics = Metrics(agent)
+    metrics = metrics_of(agent)
     parsed = accepted("web")
     decided = real_decision(
         Absent(execution_id="web", node_id=NODE), DesiredReceived(parsed.document, parsed.digest), at=999.75
@@ -252,7 +264,7 @@ def test_desired_to_status_is_measured_to_the_first_acknowledged_revision() -> N
 
 
 def test_other_events_do_not_start_the_latency_clock() -> None:
-    metrics = Metrics(fake_agent())
+    metrics = metrics_of(fake_agent())
     before = execution("web", "validating", revision=3)
     after = execution("web", "running", revision=4)
     document = status_document(after)
@@ -264,7 +276,7 @@ def test_other_events_do_not_start_the_latency_clock() -> None:
 
 
 def test_a_broken_observation_is_logged_not_raised() -> None:
-    metrics = Metrics(fake_agent())
+    metrics = metrics_of(fake_agent())
     metrics.observe_published([Message(TOPICS.events, b"{not json desired_rejected", retain=False)])
     broken: Any = SimpleNamespace(execution_id="web", actions=None, before=None, after=None, event=None)
     metrics.observe_decision(broken)
@@ -275,7 +287,7 @@ def test_a_broken_observation_is_logged_not_raised() -> None:
 
 def test_gauges_are_read_at_scrape_time_with_every_state_present() -> None:
     agent = fake_agent()
-    metrics = Metrics(agent)
+    metrics = metrics_of(agent)
     samples = scrape(metrics)
     for state in OBSERVED_STATES:
         expected = {"running": 2, "failed": 1}.get(state, 0)
@@ -297,7 +309,7 @@ def test_gauges_are_read_at_scrape_time_with_every_state_present() -> None:
 
 
 def test_two_agents_in_one_process_have_their_own_registries() -> None:
-    first, second = Metrics(fake_agent(node_id="a")), Metrics(fake_agent(node_id="b"))
+    first, second = metrics_of(fake_agent(node_id="a")), metrics_of(fake_agent(node_id="b"))
     first.restarts.inc()
     assert value(scrape(first), "reconcile_agent_restarts_total") == 1
     assert value(scrape(second), "reconcile_agent_restarts_total") == 0
@@ -306,7 +318,7 @@ def test_two_agents_in_one_process_have_their_own_registries() -> None:
 
 def test_health_is_503_when_the_store_does_not_answer() -> None:
     agent = fake_agent()
-    metrics = Metrics(agent)
+    metrics = metrics_of(agent)
     code, report = metrics.health()
     assert code == 200
     assert report["status"] == "ok"
@@ -331,7 +343,7 @@ def test_health_is_503_when_the_store_does_not_answer() -> None:
     ],
 )
 def test_http_replies(head: bytes, status: int) -> None:
-    reply = Metrics(fake_agent())._respond(head)
+    reply = Endpoint(metrics_of(fake_agent()))._respond(head)
     assert reply.status == status
     encoded = reply.encode()
     assert encoded.startswith(f"HTTP/1.1 {status} ".encode())
@@ -341,7 +353,7 @@ def test_http_replies(head: bytes, status: int) -> None:
 
 
 def test_openmetrics_is_served_when_asked_for() -> None:
-    reply = Metrics(fake_agent())._respond(
+    reply = Endpoint(metrics_of(fake_agent()))._respond(
         b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n"
     )
     assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
