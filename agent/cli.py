@@ -169,6 +169,20 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         add_arguments=operator_args.add_delete,
         handler=_operator,
     ),
+    Subcommand(
+        name="cordon",
+        summary="stop a node taking new executions (what it runs keeps running); retained, survives restarts",
+        example="reconcile-agent cordon node-1",
+        add_arguments=operator_args.add_cordon,
+        handler=_operator,
+    ),
+    Subcommand(
+        name="uncordon",
+        summary="let a cordoned node take new executions again",
+        example="reconcile-agent uncordon node-1",
+        add_arguments=operator_args.add_cordon,
+        handler=_operator,
+    ),
 )
 
 

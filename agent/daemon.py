@@ -88,6 +88,7 @@ class Agent:
             inbox=inbox,
             tasks=effects,
             prober=Prober(inbox.submit, effects.start),
+            max_executions=config.limits.max_executions,
         )
         self.runtime.start()
         containment = self.runtime.executor.containment
@@ -189,7 +190,7 @@ class Agent:
             "labels": dict(self.config.labels),
             "capacity": self.capacity.current.document(),
             "max_executions": self.config.limits.max_executions,
-            "cordoned": False,
+            "cordoned": self.runtime.control.cordoned,
             "capabilities": self.capabilities(),
         }
 

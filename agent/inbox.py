@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from agent.control import ControlParsed
 from agent.core.events import Event
 
 
@@ -20,13 +21,24 @@ class Delivery:
     mail_seq: int | None = None  # its row in the durable mailbox, when it is mail between executions
 
 
+@dataclass(frozen=True)
+class ControlDelivery:
+    """A node control document (cordon): the node's, not one execution's, and ordered with the rest."""
+
+    parsed: ControlParsed
+
+
 class Inbox:
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._queue: asyncio.Queue[Delivery | ControlDelivery] = asyncio.Queue()
 
     def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
         self._queue.put_nowait(Delivery(execution_id, event, mail_seq))
 
-    async def get(self) -> Delivery:
+    def submit_control(self, parsed: ControlParsed) -> None:
+        # The same queue as desired documents: a cordon applies from the document after it, in order.
+        self._queue.put_nowait(ControlDelivery(parsed))
+
+    async def get(self) -> Delivery | ControlDelivery:
         return await self._queue.get()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from agent.control import ControlParsed, parse_control
 from agent.core.events import DesiredDeleted, DesiredReceived, DesiredRejected, Event
 from agent.names import id_problem
 from agent.protocol import (
@@ -34,6 +35,8 @@ class Runtime(Protocol):
     """What intake hands its events to (agent/runtime.py)."""
 
     def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None: ...
+
+    def submit_control(self, parsed: ControlParsed) -> None: ...
 
     def node_event(self, event_type: str, once: str | None = None, **fields: Any) -> None: ...
 
@@ -63,7 +66,10 @@ class Intake:
         self.log = log.bind(node=topics.node_id)
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """A desired document arrived: turn it into a core event. Never raises."""
+        """A desired or control document arrived: turn it into a core event. Never raises."""
+        if topic == self.topics.control:
+            self._runtime.submit_control(parse_control(payload))
+            return
         execution_id = self.topics.execution_of_desired(topic)
         if execution_id is None:
             self.log.warning("message on an unexpected topic", topic=topic)

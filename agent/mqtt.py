@@ -136,6 +136,9 @@ class MqttLink:
                 await client.publish(
                     self.topics.node_status, dumps(self._node_status("online")), qos=1, retain=True
                 )
+                # Control first: its retained document then comes before the desired ones, so a cordon
+                # set while the agent was away applies to the documents that arrived meanwhile.
+                await self._subscribe_control(client)
                 await client.subscribe(self.topics.desired_filter, qos=1)
                 await client.subscribe(self.topics.node_status, qos=1)
                 self.connected.set()
@@ -155,6 +158,16 @@ class MqttLink:
             if not established and lost is not None:
                 raise lost  # connect-time refusal (subscribe denied, ...): retry with backoff
             self.log.warning("connection lost", error=str(lost))
+
+    async def _subscribe_control(self, client: aiomqtt.Client) -> None:
+        granted = await client.subscribe(self.topics.control, qos=1)
+        if any(_refused(code) for code in (granted or ())):
+            # An ACL from before control topics: run on (desired documents matter more) but say so loudly.
+            self.log.error(
+                "the broker refuses this node's control topic: cordon documents cannot reach the agent; "
+                "update the broker's ACL (config/mosquitto/acl, docs/security.md)",
+                topic=self.topics.control,
+            )
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -235,3 +248,9 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             self.log.warning("could not publish offline", error=str(exc))
+
+
+def _refused(code: object) -> bool:
+    """A SUBACK return code that refuses the subscription: 0x80 in MQTT 3.1.1, >= 0x80 in MQTT 5."""
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80

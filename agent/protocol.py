@@ -433,6 +433,10 @@ class Topics:
         return f"{self.prefix}/nodes/{self.node_id}/status"
 
     @property
+    def control(self) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/control"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}/nodes/{self.node_id}/events"
 

@@ -24,6 +24,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from agent import mailbox
 from agent.clock import Clock
+from agent.control import ControlParsed, generation_of
+from agent.core import admission
 from agent.core.actions import (
     Action,
     ClearStatus,
@@ -35,7 +37,9 @@ from agent.core.actions import (
     Spawn,
     Tell,
 )
+from agent.core.control import NodeControl, on_control
 from agent.core.events import (
+    DesiredReceived,
     Event,
     ProcessExited,
     ProcessStarted,
@@ -51,7 +55,7 @@ from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.reboot import after_reboot
 from agent.core.status import event_document
 from agent.executors.process import ProcessExecutor, SpawnError
-from agent.inbox import Inbox
+from agent.inbox import ControlDelivery, Inbox
 from agent.outbox import Message, Outbox
 from agent.probes import Prober
 from agent.protocol import OBSERVED_STATES, Topics, dumps
@@ -116,6 +120,7 @@ class Runtime:
         inbox: Inbox,
         tasks: Tasks,
         prober: Prober,
+        max_executions: int | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -126,6 +131,8 @@ class Runtime:
         self.inbox = inbox
         self.tasks = tasks
         self.prober = prober
+        self.max_executions = max_executions  # limits.max_executions (agent/core/admission.py)
+        self.control = NodeControl()  # the cordon, as stored (start() loads it)
         self._publishing: dict[str, asyncio.Task[None]] = {}  # a try in flight, by execution
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
         self.executions: dict[str, Execution] = {}
@@ -138,6 +145,7 @@ class Runtime:
         """Load the stored executions, move them to this boot if the machine rebooted, and refuse to go on
         (StoreError) if a live workload is unknown to the store. Nothing is acted on yet (:meth:`run`)."""
         self.executions = self.store.load()
+        self.control = self.store.control()
         if self.store.previous_boot is not None:
             moment = self.clock.moment()
             self.executions = {eid: after_reboot(e, moment) for eid, e in self.executions.items()}
@@ -163,6 +171,10 @@ class Runtime:
     def submit(self, execution_id: str, event: Event, mail_seq: int | None = None) -> None:
         """Queue an event; safe from any callback on the loop. ``mail_seq``: its row in the mailbox."""
         self.inbox.submit(execution_id, event, mail_seq)
+
+    def submit_control(self, parsed: ControlParsed) -> None:
+        """Queue a node control document, in order with the desired documents around it."""
+        self.inbox.submit_control(parsed)
 
     def counts(self) -> dict[str, int]:
         counted = Counter(e.state_type for e in self.executions.values())
@@ -192,10 +204,47 @@ class Runtime:
                 self._recover()
                 while True:
                     delivery = await self.inbox.get()
-                    self.apply(delivery.execution_id, delivery.event, delivery.mail_seq)
+                    if isinstance(delivery, ControlDelivery):
+                        self.apply_control(delivery.parsed)
+                    else:
+                        self.apply(delivery.execution_id, delivery.event, delivery.mail_seq)
         finally:
             await self.prober.close()
             self.publishers.close()
+
+    # --- the node's control document (cordon) --------------------------------------------------------
+
+    def apply_control(self, parsed: ControlParsed) -> None:
+        """Decide a control document (agent/core/control.py), commit it with its event, republish the node
+        status. A rejection changes nothing but the record that it was reported."""
+        new, reason = on_control(self.control, parsed)
+        if new == self.control:
+            return
+        messages = []
+        if reason is not None:
+            doc = event_document(
+                "control_rejected",
+                self.topics.node_id,
+                None,
+                self.clock.now(),
+                generation=generation_of(parsed),
+                reason=reason,
+            )
+            messages.append(Message(self.topics.events, dumps(doc), retain=False))
+        try:
+            self.store.commit_control(new, messages)
+        except StoreError as exc:
+            self.log.error("cannot record a control document; retrying", error=str(exc))
+            asyncio.get_running_loop().call_later(STORE_RETRY_S, self.submit_control, parsed)
+            return
+        before, self.control = self.control, new
+        if reason is not None:
+            self.log.warning("control document rejected", reason=reason)
+        else:
+            self.log.info(
+                "node control", cordoned=new.cordoned, generation=new.generation, was=before.cordoned
+            )
+        self.outbox.changed(node_status=reason is None)
 
     # --- one event: decide, commit, act -------------------------------------------------------------
 
@@ -228,6 +277,14 @@ class Runtime:
         state = self._current(execution_id)
         if isinstance(state, Execution):
             state = self._sampled(state, event)
+        if isinstance(event, DesiredReceived):  # admission needs the whole node as it is now
+            event = admission.screen(
+                self.executions,
+                state,
+                event,
+                cordoned=self.control.cordoned,
+                max_executions=self.max_executions,
+            )
         try:
             new, actions = decide(state, event, self.clock.moment())
         except Exception:

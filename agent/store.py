@@ -22,10 +22,12 @@ from pydantic import ValidationError
 
 from agent import __version__, schema
 from agent.boot import boot_id, boot_time
+from agent.core.control import NodeControl
 from agent.core.model import Absent, Execution, NeverAccepted
 from agent.outbox import Message, Queued
 
 log = structlog.get_logger("agent.store")
+CONTROL_KEY = "control"
 
 
 class StoreError(Exception):
@@ -248,6 +250,31 @@ class Store:
             if kind is NeverAccepted:
                 change = int(isinstance(state, kind)) - removed.rowcount
         return change
+
+    def control(self) -> NodeControl:
+        """The node's control state (cordon): a ``control`` row of ``meta``, absent before the first
+        control document (docs/upgrade.md: a row, not a schema change, so an older agent still reads the
+        state)."""
+        text = self._meta(CONTROL_KEY)
+        if text is None:
+            return NodeControl()
+        try:
+            return NodeControl.model_validate_json(text)
+        except ValidationError as exc:
+            raise StoreError(f"{self.path}: the stored node control is unreadable: {exc}") from exc
+
+    def commit_control(self, control: NodeControl, messages: Iterable[Message] = ()) -> None:
+        """Store the node's control state and queue its messages (a ``control_rejected`` event), atomically."""
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (CONTROL_KEY, control.model_dump_json()),
+                )
+                self.enqueue(messages)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot record the node control: {exc}") from exc
 
     def mail(self) -> list[tuple[int, str, str]]:
         """Every message between executions not yet acted on: (seq, recipient, encoded event), in order."""

@@ -105,6 +105,24 @@ def add_nodes(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
 
 
+def add_cordon(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", type=_id, metavar="NODE", help="the node id")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for an online node to show it (default 30)",
+    )
+    parser.add_argument(
+        "--generation",
+        type=_count,
+        metavar="N",
+        help="publish this control generation instead of one above the retained document's",
+    )
+    _connection(parser)
+
+
 def add_job(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", type=_id, metavar="JOB", help="the job id (an execution's job_id)")
     _output(parser)

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.operator.apply import apply
 from agent.operator.connection import Target, resolve_target
+from agent.operator.cordon import cordon, uncordon
 from agent.operator.delete import delete
 from agent.operator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, OperatorError
 from agent.operator.get import get, job
@@ -29,6 +30,8 @@ COMMANDS: dict[str, Command] = {
     "watch": watch,
     "events": events,
     "delete": delete,
+    "cordon": cordon,
+    "uncordon": uncordon,
     "results": results,
 }
 # Following a stream has no result to lose: Ctrl-C is how it normally ends.

@@ -35,6 +35,9 @@ class FleetTopics:
     def events(self, node_id: str = ANY) -> str:
         return f"{self.prefix}/nodes/{node_id}/events"
 
+    def control(self, node_id: str) -> str:
+        return f"{self.prefix}/nodes/{node_id}/control"
+
     def fence(self, client_id: str) -> str:
         # Outside nodes/ so no agent or orchestrator filter ever matches it.
         return f"{self.prefix}/operators/{client_id}/fence"

@@ -478,7 +478,9 @@ async def test_unknown_executions_and_bad_arguments(broker: Broker) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["apply", "get", "job", "nodes", "watch", "events", "delete"])
+@pytest.mark.parametrize(
+    "command", ["apply", "get", "job", "nodes", "watch", "events", "delete", "cordon", "uncordon"]
+)
 async def test_every_command_has_help(command: str) -> None:
     result = await cli(command, "--help")
     assert result.code == 0

@@ -252,3 +252,31 @@ class AgentProcess:
             timeout,
             what=f"log {event!r}",
         )
+
+
+async def wait_rejected(
+    probe: Probe, node: str, execution_id: str, reason: str, after: int = 0
+) -> dict[str, Any]:
+    """Wait for the Rejection rules to be followed for ``execution_id``: a ``desired_rejected`` event with
+    ``reason``, then a status whose ``details.rejected`` says it; that status."""
+    event = await probe.wait_for(
+        lambda m: (
+            m.topic == events_topic(node)
+            and m.json()["type"] == "desired_rejected"
+            and m.json()["execution_id"] == execution_id
+        ),
+        after=after,
+        what=f"{execution_id} rejected",
+    )
+    assert event.json()["reason"] == reason
+    message = await probe.wait_for(
+        lambda m: (
+            m.topic == status_topic(node, execution_id)
+            and bool(m.payload)
+            and m.json()["details"].get("rejected", {}).get("reason") == reason
+        ),
+        after=after,
+        what=f"{execution_id} status with details.rejected",
+    )
+    document: dict[str, Any] = message.json()
+    return document

@@ -430,3 +430,42 @@ def desired_payloads(execution_id: str) -> st.SearchStrategy[bytes]:
         st.builds(lambda r: json.dumps(valid_document(r, execution_id)).encode(), randoms),
         st.binary(max_size=200),
     )
+
+
+# --- Node control documents ({"generation", "cordoned"}, PROTOCOL.md Node control) ------------------------
+
+CONTROL_FIELDS = ("generation", "cordoned")
+# Every mutation but os_limit, which is about a desired document's spec.
+CONTROL_MUTATIONS = tuple(m for m in MUTATIONS if m is not os_limit)
+
+
+def valid_control(rng: random.Random) -> dict[str, Any]:
+    return {"generation": rng.randint(1, 2**40), "cordoned": rng.random() < 0.5}
+
+
+def control_payload(rng: random.Random, odd: Callable[[random.Random], Any] = odd_value) -> bytes:
+    """One payload for ``P/nodes/N/control``: mostly mutated, some valid, some noise, some empty."""
+    roll = rng.random()
+    document = valid_control(rng)
+    if roll < 0.1:
+        return json.dumps(document).encode()
+    if roll < 0.15:
+        return b""
+    if roll < 0.25:
+        return raw_bytes(rng)
+    if roll < 0.35:
+        return mangle_bytes(rng, json.dumps(document).encode())
+    if roll < 0.4:
+        return encode(render(odd_value(rng)))
+    tree: Any = document
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        tree = rng.choice(CONTROL_MUTATIONS)(rng, tree, odd)
+    return encode(render(tree, ascii_only=rng.random() < 0.8))
+
+
+def control_payloads() -> st.SearchStrategy[bytes]:
+    def mutated_with(rng: random.Random, value: Any) -> bytes:
+        return control_payload(rng, (lambda r: value) if rng.random() < 0.5 else odd_value)
+
+    randoms = st.randoms(use_true_random=False)
+    return st.one_of(st.builds(mutated_with, randoms, odd_values()), st.builds(control_payload, randoms))
