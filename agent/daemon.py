@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from agent import __version__
+from agent import __version__, open_files
 from agent.broker import BrokerStartError, embedded_broker
 from agent.capacity import CapacityWatch, measure
 from agent.client_options import client_settings
@@ -80,7 +80,7 @@ class Agent:
         inbox, effects = Inbox(), Tasks(config.node_id)
         self.runtime = Runtime(
             self.store,
-            ProcessExecutor(config.state_dir),
+            ProcessExecutor(config.state_dir, open_files=open_files.workload_limit()),
             self.topics,
             self.outbox,
             self.publishers,
@@ -192,7 +192,15 @@ class Agent:
             "max_executions": self.config.limits.max_executions,
             "cordoned": self.runtime.control.cordoned,
             "capabilities": self.capabilities(),
+            "limit_reached": self.limit_reached(),
         }
+
+    def limit_reached(self) -> dict[str, Any] | None:
+        """The node's limit the latest spawn failed on, until a spawn succeeds (docs/protocol.md)."""
+        reached = self.runtime.executor.limit_reached
+        if reached is None:
+            return None
+        return {"limit": reached.limit, "message": reached.message, "at": rfc3339(reached.at)}
 
     def capabilities(self) -> dict[str, Any]:
         """What this agent accepts (PROTOCOL.md, node status): built here only, one key per concern."""
@@ -241,6 +249,7 @@ def run_forever(name: str) -> Callable[[asyncio.Task[None]], None]:
 async def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM or SIGINT; 0 on a clean stop, 1 if a loop failed, 2 if the agent cannot start or
     another agent acts for its node id."""
+    open_files.raise_to_hard()  # before anything opens: workloads get the limit as it was
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

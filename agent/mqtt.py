@@ -33,11 +33,16 @@ from agent.identity import (
 )
 from agent.outbox import Message, Outbox, Rows
 from agent.protocol import Topics, dumps
+from agent.tcp import acknowledge_at_once
 from agent.tls import connect_hint
+from agent.window import Window
 
 log = structlog.get_logger("agent.mqtt")
 
-PUBLISH_BATCH = 10  # in flight at once (aiomqtt warns above 10); paho sends them in order
+# Unacknowledged publishes at once: enough to keep the link busy through a burst, few enough that a lost
+# connection resends little. paho and aiomqtt are told the same (their defaults: 20 and a warning at 10).
+PUBLISH_WINDOW = 64
+NODE_STATUS_MAX_LAG_S = 1.0
 PUBLISH_TIMEOUT_S = TIMEOUT_S
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 15.0
@@ -68,6 +73,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         # Called with what was just acknowledged by the broker (metrics); must be quick and not raise.
         self.on_published: list[Callable[[list[Message]], None]] = []
+        self._status_dirty_since: float | None = None  # loop time the node status was first seen dirty
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.checked = asyncio.Event()  # no other agent acts for this node id (agent/identity.py)
         self.connected = asyncio.Event()
@@ -76,7 +82,13 @@ class MqttLink:
 
     def _new_client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.topics.node_status, dumps(self._node_status("offline")), qos=1, retain=True)
-        return aiomqtt.Client(**self._settings, will=will, clean_session=False)
+        client = aiomqtt.Client(
+            **self._settings, will=will, clean_session=False, max_inflight_messages=PUBLISH_WINDOW
+        )
+        # aiomqtt logs "There are N pending publish calls" for each publish past its threshold (10): a
+        # full window is the design here, not a sign of trouble. Subscribes add at most two.
+        client.pending_calls_threshold = PUBLISH_WINDOW + 2
+        return acknowledge_at_once(client)
 
     async def run(self) -> None:
         """Check that this agent is alone, then stay connected forever; each broker outage is logged once
@@ -195,35 +207,56 @@ class MqttLink:
             self._outbox.changed(node_status=True)
 
     async def _publish(self, client: aiomqtt.Client) -> None:
-        """The single writer of everything this node publishes: outbox rows in order, then node status."""
-        while True:
-            self._outbox.wake.clear()
-            batch = self._store.pending(PUBLISH_BATCH)
-            messages = [q.message for q in batch]
-            if self._outbox.node_status_dirty and not self._closing:
-                # Rides with the batch rather than after it, so it never delays the next status revision.
-                self._outbox.node_status_dirty = False
-                messages.append(
-                    Message(self.topics.node_status, dumps(self._node_status("online")), retain=True)
-                )
-            if not messages:
-                self._outbox.idle.set()
-                await self._outbox.wake.wait()
-                continue
-            try:
-                await asyncio.gather(
-                    *(
-                        client.publish(m.topic, m.payload, qos=1, retain=m.retain, timeout=PUBLISH_TIMEOUT_S)
-                        for m in messages
-                    )
-                )
-            except BaseException:
-                self._outbox.node_status_dirty = True  # the node status may not have gone out
-                raise
-            if batch:
-                self._store.acknowledge(batch[-1].seq)
+        """The single writer of everything this node publishes: outbox rows in order, with up to
+        PUBLISH_WINDOW unacknowledged (agent/window.py), and the node status once the rows are out."""
+        try:
+            async with asyncio.TaskGroup() as flights:
+                window = Window(PUBLISH_WINDOW, flights, self._outbox.wake)
+                while True:
+                    self._outbox.wake.clear()
+                    self._land(window)
+                    if window.room:
+                        self._fill(client, window)
+                    if window.empty:
+                        self._outbox.idle.set()
+                    await self._outbox.wake.wait()
+        except BaseException:
+            self._outbox.node_status_dirty = True  # the node status may not have gone out
+            raise
+
+    def _land(self, window: Window) -> None:
+        upto, messages = window.landed()
+        if upto is not None:
+            self._store.acknowledge(upto)
+        if messages:
             for observer in self.on_published:
                 observer(messages)
+
+    def _fill(self, client: aiomqtt.Client, window: Window) -> None:
+        room = window.room
+        rows = self._store.pending(room, after=window.last_seq)
+        for row in rows:
+            window.send(row.seq, row.message, self._send(client, row.message))
+        if not self._outbox.node_status_dirty or self._closing or not window.room:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._status_dirty_since is None:
+            self._status_dirty_since = now
+        # After the rows, not among them: its counts then follow the statuses a reader has seen, and
+        # through a burst it goes once, not with every batch (it counts every execution). A backlog that
+        # never empties still lets it out every NODE_STATUS_MAX_LAG_S: it is also our proof of life.
+        if len(rows) == room and now - self._status_dirty_since < NODE_STATUS_MAX_LAG_S:
+            return
+        self._outbox.node_status_dirty = False
+        self._status_dirty_since = None
+        status = Message(self.topics.node_status, dumps(self._node_status("online")), retain=True)
+        window.send(None, status, self._send(client, status))
+
+    @staticmethod
+    async def _send(client: aiomqtt.Client, message: Message) -> None:
+        await client.publish(
+            message.topic, message.payload, qos=1, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
+        )
 
     async def drain(self, timeout: float = 2.0) -> None:
         """On a clean shutdown: give what is queued a moment to go out, so it is not sent twice later."""

@@ -315,10 +315,13 @@ class Store:
             raise StoreError(f"{self.path}: cannot queue messages: {exc}") from exc
         return True
 
-    def pending(self, limit: int) -> list[Queued]:
+    def pending(self, limit: int, after: int | None = None) -> list[Queued]:
+        """Up to ``limit`` queued messages in order, past the acknowledged ones and past ``after`` (what
+        the publisher has sent already and awaits the acknowledgement of)."""
+        start = self._acknowledged if after is None else max(after, self._acknowledged)
         rows = self._db.execute(
             "SELECT seq, topic, payload, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self._acknowledged, limit),
+            (start, limit),
         )
         return [
             Queued(seq, Message(topic, bytes(payload), bool(retain))) for seq, topic, payload, retain in rows

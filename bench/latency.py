@@ -12,11 +12,18 @@ measures, on a probe client, from just before the publish to the arrival of the 
 that execution. The workload's process group is then killed and the benchmark waits until the agent has
 reported it ended and is idle again, so samples do not overlap.
 
-The figure is set against a FLOOR measured in the same run on the same broker: the medians of two MQTT
-one-way trips (QoS 1, retained, A -> B and B -> A: the desired document in, the status out), one
-``subprocess.Popen`` of ``sleep 30`` and one small write + ``fsync`` in the same temporary directory.
-The target is a ratio <= 2. The exit status is 0 whatever the ratio (this is a measurement, not a test),
-non-zero only if the run itself failed.
+By default two brokers run side by side, each with its own agent, sampled in turn (so both see the
+same load): a stock mosquitto (``set_tcp_nodelay false``, its default, as most users run it) and one
+with ``set_tcp_nodelay true``. ``--broker stock|nodelay`` runs one.
+
+The figures are set against a FLOOR measured in the same run, on each broker: the medians of two MQTT
+one-way trips (QoS 1, retained, A -> B and B -> A: the desired document in, the status out), a
+``/bin/sh`` that starts ``sleep 30`` and reports its pid (the least a supervised spawn costs), and two
+small writes + ``fsync`` in the same temporary directory (the spawn is recorded before it is made, and
+before ``validating`` is published). THE floor is that of the nodelay broker: the least the work costs.
+Targets: each median <= 2 x the floor (at most 3 x), the stock broker's <= 1.3 x the nodelay one's.
+The exit status is 0 whatever the ratios (this is a measurement, not a test), non-zero only if the run
+itself failed.
 
 Besides the total, three stages are reported from the status documents' own ``updated_at`` (the agent's
 wall clock, the same host's clock as ours): ``ingress`` publish -> the agent decided ``pending``;
@@ -54,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:
 import aiomqtt  # noqa: E402
 import yaml  # noqa: E402
 
+from agent.tcp import QUICKACK, acknowledge_at_once  # noqa: E402
 from tests.support.broker import Broker, BrokerError  # noqa: E402
 from tests.support.leftovers import remove_cgroups  # noqa: E402
 
@@ -70,8 +78,9 @@ AGENT_READY_TIMEOUT_S = 30.0
 SAMPLE_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 10.0
 MQTT_TIMEOUT_S = 5.0
-# The benchmark's own clients never let Nagle's algorithm hold a message back: an instrument must not
-# add stalls of its own (see bench/README.md).
+# The benchmark's own clients never let Nagle's algorithm hold a message back, nor delay their ACKs (a
+# broker with Nagle on would otherwise hold the next message to them): an instrument must not add stalls
+# of its own (see bench/README.md). The ACKs are the agent's own helper (agent/tcp.py).
 CLIENT_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
@@ -192,6 +201,7 @@ async def mqtt_client(broker: Broker, name: str) -> AsyncIterator[tuple[aiomqtt.
         protocol=aiomqtt.ProtocolVersion.V311,
         timeout=MQTT_TIMEOUT_S,
     )
+    acknowledge_at_once(client)
     recorder = Recorder()
     async with client:
         collector = asyncio.create_task(_collect(client, recorder), name=f"collect-{name}")
@@ -521,38 +531,49 @@ class Floor:
         return self.mqtt + statistics.median(self.spawn) + statistics.median(self.fsync)
 
 
-async def measure_floor(broker: Broker, workdir: Path, samples: int, payload_size: int) -> Floor:
-    a_to_b: list[float] = []
-    b_to_a: list[float] = []
+@dataclass
+class FloorMeter:
+    """Takes floor samples on one broker whenever asked, so they fall among the agent's samples (the load
+    on a shared machine changes by the minute: a floor measured after them would be another machine's)."""
+
+    client_a: aiomqtt.Client
+    got_a: Recorder
+    client_b: aiomqtt.Client
+    got_b: Recorder
+    fd: int
+    padding: bytes
+    floor: Floor = field(default_factory=lambda: Floor([], [], [], [], []))
+
+    async def sample(self, count: int) -> None:
+        to_b, to_a = f"{FLOOR_TOPIC}/b", f"{FLOOR_TOPIC}/a"
+        record = json.dumps({"revision": 1, "state": "validating", "padding": "x" * 200}).encode() + b"\n"
+        for _ in range(count):
+            self.floor.a_to_b.append(await one_way(self.client_a, self.got_b, to_b, self.padding))
+            self.floor.b_to_a.append(await one_way(self.client_b, self.got_a, to_a, self.padding))
+            self.floor.spawn.append(spawn_once())
+            self.floor.fsync.append(fsync_once(self.fd, record))
+            self.floor.supervised_spawn.append(supervised_spawn_once())
+
+
+@asynccontextmanager
+async def floor_meter(broker: Broker, workdir: Path, payload_size: int) -> AsyncIterator[FloorMeter]:
     to_b, to_a = f"{FLOOR_TOPIC}/b", f"{FLOOR_TOPIC}/a"
-    padding = b"x" * payload_size
     async with (
         mqtt_client(broker, "floor-a") as (client_a, got_a),
-        mqtt_client(broker, "floor-b") as (
-            client_b,
-            got_b,
-        ),
+        mqtt_client(broker, "floor-b") as (client_b, got_b),
     ):
         await client_a.subscribe(to_a, qos=1)
         await client_b.subscribe(to_b, qos=1)
-        for _ in range(samples):
-            a_to_b.append(await one_way(client_a, got_b, to_b, padding))
-            b_to_a.append(await one_way(client_b, got_a, to_a, padding))
-        # Leave no retained floor messages behind (the broker is thrown away anyway).
-        await client_a.publish(to_b, b"", qos=1, retain=True)
-        await client_a.publish(to_a, b"", qos=1, retain=True)
-    spawn = [spawn_once() for _ in range(samples)]
-    record = json.dumps({"revision": 1, "state": "validating", "padding": "x" * 200}).encode() + b"\n"
-    fd = os.open(workdir / "fsync.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        fsync = [fsync_once(fd, record) for _ in range(samples)]
-    finally:
-        os.close(fd)
-    supervised = [supervised_spawn_once() for _ in range(samples)]
-    return Floor(a_to_b, b_to_a, spawn, fsync, supervised)
+        fd = os.open(workdir / "fsync.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            yield FloorMeter(client_a, got_a, client_b, got_b, fd, b"x" * payload_size)
+        finally:
+            os.close(fd)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
+
+BROKERS = {"stock": False, "nodelay": True}  # name -> mosquitto's set_tcp_nodelay
 
 
 @dataclass
@@ -570,7 +591,6 @@ class Result:
         return {
             "broker": self.broker,
             "broker_tcp_nodelay": self.broker_tcp_nodelay,
-            "client_tcp_nodelay": True,
             "mode": self.mode,
             "samples": len(self.samples),
             "desired_to_validating_ms": summary_ms(totals),
@@ -588,48 +608,102 @@ class Result:
                 "spawn": summary_ms(floor.spawn),
                 "fsync": summary_ms(floor.fsync),
             },
-            "ratio": round(median / floor.total, 2),
-            "target_ratio": 2.0,
             "supervised_floor_ms": {
                 "median": round(floor.supervised * 1000, 3),
                 "supervised_spawn": summary_ms(floor.supervised_spawn),
             },
-            "ratio_to_supervised_floor": round(median / floor.supervised, 2),
+            "ratio_to_own_supervised_floor": round(median / floor.supervised, 2),
         }
 
 
-def render(figures: dict[str, Any]) -> str:
+def combined(results: dict[str, Result]) -> dict[str, Any]:
+    """Every broker's figures, and the ratios that matter: each to THE floor (the supervised floor on the
+    broker without Nagle, when it ran: the least the work costs), and the stock broker to the other."""
+    runs = {name: result.figures() for name, result in results.items()}
+    reference = results.get("nodelay") or next(iter(results.values()))
+    floor = reference.floor.supervised
+    medians = {name: statistics.median(s.total for s in r.samples) for name, r in results.items()}
+    ratios = {f"{name}_to_floor": round(m / floor, 2) for name, m in medians.items()}
+    if "stock" in medians and "nodelay" in medians:
+        ratios["stock_to_nodelay"] = round(medians["stock"] / medians["nodelay"], 2)
+    return {
+        "runs": runs,
+        "floor_ms": round(floor * 1000, 3),
+        "floor_from": reference.broker,
+        "ratios": ratios,
+        "targets": {"to_floor": 2.0, "to_floor_at_most": 3.0, "stock_to_nodelay_at_most": 1.3},
+        "client_tcp_nodelay": True,
+        "client_tcp_quickack": QUICKACK is not None,
+    }
+
+
+def render_run(figures: dict[str, Any]) -> list[str]:
     total = figures["desired_to_validating_ms"]
     first = figures["desired_to_first_status_ms"]
     stages = figures["stages_ms"]
     floor = figures["floor_ms"]
+    supervised = figures["supervised_floor_ms"]
 
     def ms(value: float) -> str:
         return f"{value:.2f}"
 
-    lines = [
+    return [
         f"broker: {figures['broker']}   agent: {figures['mode']}   samples: {figures['samples']}",
-        f"desired -> validating   median {ms(total['median'])} ms   p90 {ms(total['p90'])} ms"
+        f"  desired -> validating   median {ms(total['median'])} ms   p90 {ms(total['p90'])} ms"
         f"   min {ms(total['min'])}   max {ms(total['max'])}",
         f"  desired -> first status (pending)   median {ms(first['median'])} ms",
         f"  stages (agent clock): ingress {ms(stages['ingress']['median'])}"
         f"  spawn {ms(stages['spawn']['median'])}  egress {ms(stages['egress']['median'])} ms (medians)",
-        f"floor (2 x mqtt one-way + spawn + fsync)   median {ms(floor['median'])} ms"
-        f"  [mqtt {ms(floor['mqtt_two_one_way'])} = {ms(floor['mqtt_a_to_b']['median'])}"
-        f" + {ms(floor['mqtt_b_to_a']['median'])}, spawn {ms(floor['spawn']['median'])},"
-        f" fsync {ms(floor['fsync']['median'])}]",
-        f"ratio {figures['ratio']:.2f} (target <= {figures['target_ratio']:.0f})",
-        f"reference: supervised floor (2 x mqtt + sh supervisor reporting a pid + 2 fsyncs)   median "
-        f"{ms(figures['supervised_floor_ms']['median'])} ms  [supervised spawn "
-        f"{ms(figures['supervised_floor_ms']['supervised_spawn']['median'])}]   "
-        f"ratio {figures['ratio_to_supervised_floor']:.2f}",
+        f"  its floor: supervised {ms(supervised['median'])} ms (2 x mqtt one-way"
+        f" {ms(floor['mqtt_two_one_way'])} = {ms(floor['mqtt_a_to_b']['median'])}"
+        f" + {ms(floor['mqtt_b_to_a']['median'])}, sh supervisor reporting a pid"
+        f" {ms(supervised['supervised_spawn']['median'])}, 2 x fsync {ms(floor['fsync']['median'])});"
+        f" bare (Popen {ms(floor['spawn']['median'])}, 1 fsync) {ms(floor['median'])} ms",
     ]
+
+
+def render(figures: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for run_figures in figures["runs"].values():
+        lines.extend(render_run(run_figures))
+    ratios = figures["ratios"]
+    targets = figures["targets"]
+    lines.append(
+        f"floor {figures['floor_ms']:.2f} ms (supervised, on {figures['floor_from']}; instruments with"
+        f" TCP_NODELAY{' and TCP_QUICKACK' if figures['client_tcp_quickack'] else ''})"
+    )
+    for name in figures["runs"]:
+        lines.append(
+            f"ratio {name} / floor {ratios[f'{name}_to_floor']:.2f}"
+            f" (target <= {targets['to_floor']:.0f}, at most {targets['to_floor_at_most']:.0f})"
+        )
+    if "stock_to_nodelay" in ratios:
+        lines.append(
+            f"ratio stock / nodelay {ratios['stock_to_nodelay']:.2f}"
+            f" (at most {targets['stock_to_nodelay_at_most']})"
+        )
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> Result:
-    broker = BenchBroker(workdir / "broker", tcp_nodelay=not args.broker_nagle)
-    description = broker.describe()
+@dataclass
+class Setup:
+    """One broker with its probe and its agent, samples taken in turn with the other brokers'."""
+
+    name: str
+    broker: BenchBroker
+    client: aiomqtt.Client
+    probe: Recorder
+    workdir: Path
+    meter: FloorMeter
+    pids: set[int] = field(default_factory=set)
+    samples: list[Sample] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def setup(
+    name: str, tcp_nodelay: bool, args: argparse.Namespace, workdir: Path
+) -> AsyncIterator[Setup]:
+    broker = BenchBroker(workdir / "broker", tcp_nodelay=tcp_nodelay)
     await broker.astart()
     pids: set[int] = set()
     try:
@@ -637,34 +711,62 @@ async def run(args: argparse.Namespace, workdir: Path) -> Result:
             await client.subscribe(STATUS_FILTER, qos=1)
             await client.subscribe(NODE_TOPIC, qos=1)
             start_agent = agent_in_process if args.in_process else agent_subprocess
-            run_id = uuid.uuid4().hex[:6]
-            samples: list[Sample] = []
-            async with start_agent(broker, workdir, probe):
+            payload_size = len(json.dumps(desired_document("bench-000000-0")))
+            async with (
+                start_agent(broker, workdir, probe),
+                floor_meter(broker, workdir, payload_size) as meter,
+            ):
+                here = Setup(name, broker, client, probe, workdir, meter, pids)
                 try:
-                    for number in range(args.warmup + args.samples):
-                        sample = await one_sample(client, probe, run_id, number, pids)
-                        if number >= args.warmup:
-                            samples.append(sample)
-                    # The floor, with the agent connected and idle, on the same broker and disk.
-                    payload_size = len(json.dumps(desired_document(f"bench-{run_id}-0")))
-                    floor = await measure_floor(broker, workdir, args.floor_samples, payload_size)
+                    yield here
                 finally:
                     for pid in pids | active_workloads(probe):
                         kill_group(pid)
                     pids.clear()
-        mode = "in-process" if args.in_process else "subprocess"
-        nodelay = broker.kind != "mosquitto" or broker.tcp_nodelay
-        return Result(description, nodelay, mode, samples, floor)
     finally:
         for pid in pids:
             kill_group(pid)
         await broker.astop()
 
 
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+    names = ["stock", "nodelay"] if args.broker == "both" else [args.broker]
+    run_id = uuid.uuid4().hex[:6]
+    for name in names:
+        (workdir / name).mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        setups = [
+            await stack.enter_async_context(setup(name, BROKERS[name], args, workdir / name))
+            for name in names
+        ]
+        # In turn, sample by sample, with the floor's samples among them: each figure, and the floor, see
+        # the same load on this shared machine.
+        rounds = args.warmup + args.samples
+        floor_per_round = math.ceil(args.floor_samples / args.samples)
+        for number in range(rounds):
+            for here in setups:
+                sample = await one_sample(here.client, here.probe, run_id, number, here.pids)
+                if number >= args.warmup:
+                    here.samples.append(sample)
+                    await here.meter.sample(floor_per_round)
+        mode = "in-process" if args.in_process else "subprocess"
+        return {
+            here.name: Result(
+                here.broker.describe(),
+                here.broker.kind != "mosquitto" or here.broker.tcp_nodelay,
+                mode,
+                here.samples,
+                here.meter.floor,
+            )
+            for here in setups
+        }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.latency",
-        description="Median latency desired -> validating against a floor measured in the same run.",
+        description="Median latency desired -> validating on a stock mosquitto and on one with "
+        "set_tcp_nodelay true, against a floor measured in the same run.",
     )
     parser.add_argument("--samples", type=int, default=50, help="measured samples (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="discarded samples first (default 5)")
@@ -675,9 +777,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--in-process", action="store_true", help="run the agent in this event loop instead of a subprocess"
     )
     parser.add_argument(
+        "--broker",
+        choices=["both", *BROKERS],
+        default="both",
+        help="stock: mosquitto's defaults (set_tcp_nodelay false); nodelay: set_tcp_nodelay true;"
+        " both (default): one agent on each, sampled in turn",
+    )
+    parser.add_argument(
         "--broker-nagle",
-        action="store_true",
-        help="keep mosquitto's default set_tcp_nodelay false (Nagle on; see bench/README.md)",
+        action="store_const",
+        dest="broker",
+        const="stock",
+        help="the same as --broker stock",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
@@ -689,19 +800,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     failures: list[BaseException] = []
-    result: Result | None = None
+    results: dict[str, Result] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         try:
-            result = asyncio.run(run(args, Path(tmp)))
+            results = asyncio.run(run(args, Path(tmp)))
         except* (BenchError, BrokerError, OSError, aiomqtt.MqttError) as group:
             failures.extend(group.exceptions)
         finally:
-            remove_cgroups(Path(tmp) / "state")  # the workloads' cgroups, where the agent made them
-    if result is None or failures:
+            for name in BROKERS:  # the workloads' cgroups, where each agent made them
+                remove_cgroups(Path(tmp) / name / "state")
+    if results is None or failures:
         for error in failures:
             print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
-    figures = result.figures()
+    figures = combined(results)
     print(json.dumps(figures) if args.json else render(figures))
     return 0
 

@@ -33,6 +33,7 @@ from agent.core.events import Tail
 from agent.core.model import ProcessRef, Usage
 from agent.executors import cgroups
 from agent.executors.cgroups import Containment, open_containment
+from agent.executors.exhaustion import LimitReached, limit_reached
 from agent.executors.logs import read_tail
 from agent.protocol import Spec
 from agent.streams import STREAMS
@@ -122,10 +123,17 @@ def is_same_process(pid: int, started: float) -> bool:
 
 
 class ProcessExecutor:
-    def __init__(self, state_dir: Path, containment: Containment | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, containment: Containment | None = None, open_files: int | None = None
+    ) -> None:
+        """``open_files``: the soft open-files limit each workload gets (default: the agent's own now)."""
         self.root = state_dir / "executions"
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if open_files is None else open_files
+        self._open_files = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
         self.containment = containment if containment is not None else open_containment(state_dir)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # The limit the latest spawn failed on, until one succeeds (set from the spawning thread).
+        self.limit_reached: LimitReached | None = None
         self._pidfds = 0  # held by watches now
 
     def run_dir(self, execution_id: str) -> Path:
@@ -189,7 +197,14 @@ class ProcessExecutor:
                 self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
-                    ["/bin/sh", _supervisor_script(), str(run_dir), str(attempt), *spec.command],
+                    [
+                        "/bin/sh",
+                        _supervisor_script(),
+                        str(run_dir),
+                        str(attempt),
+                        self._open_files,
+                        *spec.command,
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=supervisor_log,
@@ -199,7 +214,7 @@ class ProcessExecutor:
                 )
         except OSError as exc:
             self._drop_cgroup(cgroup)
-            raise SpawnError(f"cannot start the supervisor: {exc}") from exc
+            raise self._failed("cannot start the supervisor", exc) from exc
         pid: int | None = None
         try:
             pid = _read_pid(supervisor)
@@ -217,7 +232,16 @@ class ProcessExecutor:
             self._drop_cgroup(cgroup)
             raise
         self._children[supervisor.pid] = supervisor
+        self.limit_reached = None
         return ref
+
+    def _failed(self, what: str, exc: OSError) -> SpawnError:
+        """The error of a spawn that ``exc`` stopped, naming the node's limit if one was reached."""
+        reached = limit_reached(exc, time.time())
+        if reached is None:
+            return SpawnError(f"{what}: {exc}")
+        self.limit_reached = reached
+        return SpawnError(f"{what}: {reached.message} ({exc.strerror or exc})")
 
     def _prepare_cgroup(self, cgroup: Path, record: Path, spec: Spec) -> None:
         """Create the attempt's cgroup with its limits and name it in ``cgroup-N``, before the supervisor
@@ -229,7 +253,7 @@ class ProcessExecutor:
             record.write_text(f"{cgroup}\n")
         except OSError as exc:
             self._drop_cgroup(cgroup)
-            raise SpawnError(f"cannot create the workload's cgroup: {exc}") from exc
+            raise self._failed("cannot create the workload's cgroup", exc) from exc
 
     def find(self, execution_id: str, attempt: int) -> ProcessRef | None:
         """Rebuild the reference of an attempt whose spawn the agent did not live to record.

@@ -5,7 +5,9 @@
 #
 # Its files are format 1 of a contract between agent versions (docs/upgrade.md): change them only as it says.
 #
-# usage: supervisor.sh RUN_DIR ATTEMPT COMMAND [ARG...]
+# usage: supervisor.sh RUN_DIR ATTEMPT NOFILE COMMAND [ARG...]
+#   NOFILE                                    the soft open-files limit the workload gets (the agent's own
+#                                             as it was started: the agent raises its own, agent/open_files.py)
 #   RUN_DIR/stdout.log, RUN_DIR/stderr.log   the workload's output, appended across attempts
 #   RUN_DIR/pid-ATTEMPT                       the workload's pid
 #   RUN_DIR/exit-ATTEMPT                      its exit status (128 + n for death by signal n), written
@@ -16,7 +18,8 @@
 
 d=$1
 n=$2
-shift 2
+ulimit -S -n "$3" || :  # lowering a soft limit cannot fail; if it did, the workload would get the agent's
+shift 3
 cg=
 [ -e "$d/cgroup-$n" ] && read -r cg <"$d/cgroup-$n"
 # setsid gives the workload its own session and process group (without a cgroup the agent signals the

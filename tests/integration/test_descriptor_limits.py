@@ -11,7 +11,6 @@ import os
 import resource
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +22,9 @@ from tests.support.agent import (
     node_topic,
     pid_alive,
     pid_of,
+    run_sleepers,
     sleeper,
+    status_in,
 )
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
@@ -32,20 +33,6 @@ from tests.support.wait import wait_until
 NODE = "node-1"
 LIMIT = 256
 COUNT = 300
-
-
-async def status_of(probe: Probe, execution_id: str, state: str) -> dict[str, Any]:
-    await probe.subscribe(f"reconcile/v1/nodes/{NODE}/executions/{execution_id}/status")
-    message = await probe.wait_for(
-        lambda m: (
-            m.topic.endswith(f"/executions/{execution_id}/status")
-            and m.json()["observed_state"]["state_type"] == state
-        ),
-        timeout=30,
-        what=f"{execution_id} {state}",
-    )
-    document: dict[str, Any] = message.json()
-    return document
 
 
 def workload_pids(state_dir: Path) -> list[int]:
@@ -64,28 +51,19 @@ async def test_more_workloads_than_descriptors_all_run_are_watched_and_stop(
     resource.prlimit(agent.proc.pid, resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
     try:
         ids = [f"w{i}" for i in range(COUNT)]
-        for execution_id in ids:
-            await probe.publish(
-                desired_topic(NODE, execution_id), desired(execution_id, command=sleeper()), retain=True
-            )
-        await wait_until(
-            lambda: node_counts(probe, NODE) == {"running": COUNT},
-            timeout=120,
-            interval=0.2,
-            what=f"{COUNT} running",
-        )
+        await run_sleepers(probe, NODE, ids, timeout=120)
         limits = Path(f"/proc/{agent.proc.pid}/limits").read_text()
         assert f"Max open files            {LIMIT}                  {LIMIT}" in limits, limits
         assert len(os.listdir(f"/proc/{agent.proc.pid}/fd")) < LIMIT
 
         # Still answering: a new execution runs.
         await probe.publish(desired_topic(NODE, "after"), desired("after", command=sleeper()), retain=True)
-        await status_of(probe, "after", "running")
+        await status_in(probe, NODE, "after", "running")
 
         # A workload watched by polling (the last ones are past the pidfd budget) is seen to end.
-        victim = await status_of(probe, ids[-1], "running")
+        victim = await status_in(probe, NODE, ids[-1], "running")
         os.killpg(pid_of(victim), signal.SIGKILL)
-        ended = await status_of(probe, ids[-1], "failed")
+        ended = await status_in(probe, NODE, ids[-1], "failed")
         assert ended["run_output"]["exit_code"] == 128 + signal.SIGKILL
 
         pids = workload_pids(state_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -52,6 +53,33 @@ def node_counts(probe: Probe, node: str) -> dict[str, int]:
             counts: dict[str, int] = message.json()["executions"]
             return counts
     return {}
+
+
+async def run_sleepers(probe: Probe, node: str, ids: list[str], timeout: float) -> None:
+    """Publish a ``sleep`` execution under each id and wait until the node counts them all running."""
+    for execution_id in ids:
+        await probe.publish(
+            desired_topic(node, execution_id), desired(execution_id, command=sleeper()), retain=True
+        )
+    await wait_until(
+        lambda: node_counts(probe, node) == {"running": len(ids)},
+        timeout=timeout,
+        interval=0.5,
+        what=f"{len(ids)} running",
+    )
+
+
+async def status_in(probe: Probe, node: str, execution_id: str, state: str) -> dict[str, Any]:
+    """The first status of ``execution_id`` in ``state`` (subscribing to that one topic for it)."""
+    topic = status_topic(node, execution_id)
+    await probe.subscribe(topic)
+    message = await probe.wait_for(
+        lambda m: m.topic == topic and bool(m.payload) and m.json()["observed_state"]["state_type"] == state,
+        timeout=30,
+        what=f"{execution_id} {state}",
+    )
+    document: dict[str, Any] = message.json()
+    return document
 
 
 def events_topic(node: str) -> str:
@@ -211,8 +239,14 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{node_id}.log"
 
-    def start(self, env: dict[str, str] | None = None) -> None:
-        """Start it; ``env`` is added to this process's environment (libfaketime, for one)."""
+    def start(self, env: dict[str, str] | None = None, open_files: tuple[int, int] | None = None) -> None:
+        """Start it; ``env`` is added to this process's environment (libfaketime, for one); with
+        ``open_files`` (soft, hard), it starts under that open-files limit, as a systemd unit would set it."""
+
+        def limited() -> None:  # in the child, before exec: the limit the agent finds when it starts
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.python or sys.executable), "-m", "agent", "run", "--config", str(self.config_path)],
@@ -222,6 +256,7 @@ class AgentProcess:
                 # `-m` puts the working directory first on sys.path: another version must not find this tree.
                 cwd=self.workdir if self.python else None,
                 env={**os.environ, **env} if env else None,
+                preexec_fn=limited if open_files is not None else None,  # noqa: PLW1509  (tests start it alone)
             )
 
     def signal(self, signum: int) -> None:
