@@ -350,6 +350,122 @@ async def test_node_2_cannot_publish_as_node_1_or_write_desired_state(tls_broker
         assert [m.topic for m in late.messages] == [desired_topic("node-2", "fence")]
 
 
+def control_topic(node: str) -> str:
+    return f"{PREFIX}/{node}/control"
+
+
+def logs_topic(node: str, leaf: str) -> str:
+    return f"{PREFIX}/{node}/logs/{leaf}"
+
+
+@needs_tools
+async def test_node_2_cannot_cordon_node_1_nor_read_its_control(
+    tls_broker: TlsBroker, state_dir: Path
+) -> None:
+    config = config_for(tls_broker, state_dir, "node-1", **tls_broker.agent_mqtt("node-1"))
+    async with TlsProbe(tls_broker, "orchestrator") as orchestrator, running_agent(config) as agent:
+        for topic_filter in (f"{PREFIX}/+/control", f"{PREFIX}/+/status", f"{PREFIX}/+/events"):
+            await orchestrator.subscribe(topic_filter)
+        await orchestrator.publish(control_topic("node-1"), {"generation": 1, "cordoned": False}, retain=True)
+        async with TlsProbe(tls_broker, "node-2") as node_2:
+            for topic_filter in (control_topic("node-1"), f"{PREFIX}/+/control", f"{PREFIX}/node-1/#"):
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await node_2.subscribe(topic_filter)
+            mark = orchestrator.mark()
+            for qos in (0, 1):
+                forged = {"generation": 99 + qos, "cordoned": True}
+                await node_2.publish(control_topic("node-1"), forged, retain=True, qos=qos)
+                await node_2.publish(control_topic("node-2"), forged, retain=True, qos=qos)  # nor its own
+            # The fence: node-2's own node status, which it may write, behind everything it sent.
+            await node_2.publish(node_topic("node-2"), {"node_id": "node-2", "state": "online"}, qos=1)
+            await orchestrator.wait_for(lambda m: m.topic == node_topic("node-2"), after=mark, what="fence")
+            assert not [m for m in orchestrator.messages[mark:] if m.topic.endswith("/control")]
+            # node-1's agent never saw it: not cordoned, nothing rejected.
+            assert (agent.runtime.control.generation, agent.runtime.control.cordoned) in (
+                (0, False),
+                (1, False),
+            )
+            assert not [
+                m
+                for m in orchestrator.messages
+                if m.topic == events_topic("node-1") and m.json()["type"] == "control_rejected"
+            ]
+            # The orchestrator can: node-1 is cordoned (its node status says so).
+            await orchestrator.publish(
+                control_topic("node-1"), {"generation": 2, "cordoned": True}, retain=True
+            )
+            await orchestrator.wait_for(
+                lambda m: m.topic == node_topic("node-1") and m.json()["cordoned"] is True,
+                after=mark,
+                what="node-1 cordoned by the orchestrator",
+            )
+            # node-2 read none of node-1's control documents, retained or live.
+            await node_2.subscribe(f"{PREFIX}/node-2/executions/+/desired")
+            await orchestrator.publish(desired_topic("node-2", "fence"), b"fence", qos=1)
+            await node_2.wait_for(
+                lambda m: m.topic == desired_topic("node-2", "fence"), what="node-2's fence"
+            )
+            assert from_node(node_2, "node-1") == []
+
+
+@needs_tools
+async def test_node_2_can_neither_ask_for_node_1s_logs_nor_read_its_replies(tls_broker: TlsBroker) -> None:
+    request = {"request_id": "r1", "execution_id": "web", "stream": "stdout"}
+    async with (
+        TlsProbe(tls_broker, "orchestrator") as orchestrator,
+        TlsProbe(tls_broker, "node-1") as node_1,
+        TlsProbe(tls_broker, "node-2") as node_2,
+    ):
+        await orchestrator.subscribe(f"{PREFIX}/+/logs/+")
+        await node_1.subscribe(logs_topic("node-1", "request"))
+        await node_2.subscribe(logs_topic("node-2", "request"))
+        for topic_filter in (f"{PREFIX}/node-1/logs/+", f"{PREFIX}/node-1/logs/#", f"{PREFIX}/+/logs/+", "#"):
+            with contextlib.suppress(aiomqtt.MqttError):
+                await node_2.subscribe(topic_filter)
+        # node-2 cannot send node-1 a log request.
+        for qos in (0, 1):
+            await node_2.publish(
+                logs_topic("node-1", "request"), {**request, "request_id": f"forged-{qos}"}, qos=qos
+            )
+        await orchestrator.publish(logs_topic("node-1", "request"), request, qos=1)
+        got = await node_1.wait_for(
+            lambda m: m.topic == logs_topic("node-1", "request"), what="the orchestrator's request"
+        )
+        assert got.json()["request_id"] == "r1", "the orchestrator's request, and before it none of node-2's"
+        # node-1 replies on its own logs/R; the orchestrator reads it, node-2 does not.
+        reply = {
+            "request_id": "r1",
+            "execution_id": "web",
+            "node_id": "node-1",
+            "stream": "stdout",
+            "seq": 0,
+            "offset": 0,
+            "data": "secret log line of node-1\n",
+            "eof": True,
+            "error": None,
+        }
+        await node_1.publish(logs_topic("node-1", "r1"), reply, qos=1)
+        await orchestrator.wait_for(lambda m: m.topic == logs_topic("node-1", "r1"), what="node-1's reply")
+        # Nor may node-1 answer as node-2, nor node-2 as node-1.
+        await node_1.publish(logs_topic("node-2", "r1"), reply, qos=1)
+        await node_2.publish(logs_topic("node-1", "r2"), reply, qos=1)
+        # The fence for node-2: a request for node-2 itself, which it reads, behind all of the above.
+        await orchestrator.publish(logs_topic("node-2", "request"), {**request, "request_id": "fence"}, qos=1)
+        await node_2.wait_for(lambda m: m.topic == logs_topic("node-2", "request"), what="node-2's fence")
+        assert from_node(node_2, "node-1") == []
+        await node_2.publish(logs_topic("node-2", "fence"), {"fence": True}, qos=1)
+        await orchestrator.wait_for(
+            lambda m: m.topic == logs_topic("node-2", "fence"), what="orchestrator's fence"
+        )
+        assert [m.topic for m in orchestrator.messages] == [
+            logs_topic("node-1", "request"),
+            logs_topic("node-1", "r1"),
+            logs_topic("node-2", "request"),
+            logs_topic("node-2", "fence"),
+        ]
+        assert [m.json()["request_id"] for m in node_1.messages] == ["r1"]
+
+
 def connect_and_vanish(broker: TlsBroker, name: str, client_id: str, will_topic: str, will: bytes) -> None:
     """Connect as ``name`` with a retained QoS 1 will, then drop the connection as a crash does.
 
