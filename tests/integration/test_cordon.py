@@ -6,15 +6,18 @@ rejected with an event and change nothing.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from agent import schema
-from agent.core.control import NodeControl
+from agent.control import parse_control
+from agent.core.control import NodeControl, on_control
 from agent.store import Store
 from tests.integration.test_operator_cli import broker_args, cli
 from tests.integration.test_state_schema import NODE as FIXTURE_NODE
 from tests.integration.test_state_schema import fixture_copy, meta
+from tests.support import fuzz
 from tests.support.agent import (
     PREFIX,
     StatusLog,
@@ -214,3 +217,32 @@ def test_the_cordon_is_a_meta_row_so_a_schema_4_state_opens_uncordoned_and_keeps
         "cordoned": True,
         "rejected_digest": None,
     }
+
+
+async def test_a_storm_of_fuzzed_control_documents_changes_exactly_what_the_core_says(
+    broker: Broker, watching: Probe, state_dir: Path
+) -> None:
+    """300 seeded payloads (tests/support/fuzz.py) at a live agent: it keeps running its workload, ends in
+    the control state the pure core computes for the same sequence, and reports each rejection once."""
+    rng = random.Random(1414)
+    payloads = [fuzz.control_payload(rng) for _ in range(300)]
+    expected, reasons = NodeControl(), 0
+    for payload in payloads:
+        expected, reason = on_control(expected, parse_control(payload))
+        reasons += reason is not None
+    async with running_agent(config_for(broker, state_dir)) as agent:
+        await watching.publish(desired_topic(NODE, "a"), desired("a", command=sleeper()), retain=True)
+        a = await StatusLog(watching, NODE, "a").wait(lambda d: d["stable_at"] is not None, what="a stable")
+        mark = watching.mark()
+        for payload in payloads:
+            await watching.publish(CONTROL, payload, retain=True)
+        final = {"generation": expected.generation + 1, "cordoned": not expected.cordoned}
+        await watching.publish(CONTROL, final, retain=True)
+        await cordoned_is(watching, final["cordoned"], mark)
+        assert (agent.runtime.control.generation, agent.runtime.control.cordoned) == (
+            final["generation"],
+            final["cordoned"],
+        )
+        assert len(events_of(watching, "control_rejected", mark)) == reasons
+        assert pid_alive(pid_of(a))
+        assert StatusLog(watching, NODE, "a").documents()[-1]["revision"] == a["revision"], "a untouched"
