@@ -150,8 +150,21 @@ class Fleet:
             alive.append(psutil.Process(agent.proc.pid))
         return alive
 
-    def tracebacks(self) -> int:
-        return sum(agent.log_path.read_text(errors="replace").count("Traceback") for agent in self.agents)
+    def tracebacks(self) -> list[str]:
+        """Each traceback in the agents' logs as "node: its exception line" (the logs go with the run)."""
+        found = []
+        for agent in self.agents:
+            lines = agent.log_lines()
+            for i, line in enumerate(lines):
+                if "Traceback" in str(line.get("exception", "")):
+                    last = str(line["exception"]).strip().splitlines()[-1]
+                    found.append(f"{agent.config_path.stem}: {line.get('event')}: {last}")
+                elif str(line.get("raw", "")).startswith("Traceback"):  # printed by Python itself
+                    after = (str(n.get("raw", "")) for n in lines[i + 1 :])
+                    found.append(
+                        f"{agent.config_path.stem}: {next((a for a in after if a[:1] not in ' '), '')}"
+                    )
+        return found
 
     def stop(self) -> None:
         """SIGTERM every agent (a clean stop: `offline`), then SIGKILL what is left, then the workloads."""
@@ -409,7 +422,7 @@ def summarise(
     single_ms: list[float],
     rounds: list[Round],
     rest: dict[str, float],
-    tracebacks: int,
+    tracebacks: list[str],
 ) -> dict[str, Any]:
     def median_of(values: list[float]) -> float:
         return round(statistics.median(values), 1)
@@ -439,7 +452,8 @@ def summarise(
         "desired_bytes": round(statistics.mean(r.desired_bytes for r in rounds)),
         "status_bytes": round(statistics.mean(r.status_bytes for r in rounds)),
         "node_status_bytes": node_status_bytes,
-        "tracebacks": tracebacks,
+        "tracebacks": len(tracebacks),
+        "traceback_lines": tracebacks,
     }
 
 
@@ -542,6 +556,9 @@ def main() -> int:
         f"{args.rounds} rounds (medians); load average before {load_before}, after {figures['load_after']}"
     )
     print(table(figures["baseline"], figures["fleet"]))
+    for part in ("baseline", "fleet"):
+        for line in figures[part]["traceback_lines"]:
+            print(f"traceback ({part}) {line}")
     return 0
 
 
