@@ -181,9 +181,16 @@ class MetricsConfig(BaseModel):
 class WorkloadLogsConfig(BaseModel):
     model_config = _STRICT
 
-    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)  # rotate a workload's stdout/stderr past this
-    keep: int = Field(default=3, ge=0, le=100)  # rotated files kept per stream
-    interval_s: float = Field(default=5.0, gt=0, le=3600)  # how often the sizes are checked
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)  # one segment of a workload's stdout/stderr
+    keep: int = Field(default=3, ge=0, le=100)  # full segments kept per stream besides the one written
+    interval_s: float = Field(
+        default=5.0, gt=0, le=3600
+    )  # how often format-1 logs (older supervisors) are checked
+
+    @property
+    def bound(self) -> int:
+        """The most a stream ever holds on disk: ``keep`` full segments and the one being written."""
+        return self.max_bytes * (1 + self.keep)
 
 
 class LogConfig(BaseModel):

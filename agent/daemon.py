@@ -80,7 +80,11 @@ class Agent:
         inbox, effects = Inbox(), Tasks(config.node_id)
         self.runtime = Runtime(
             self.store,
-            ProcessExecutor(config.state_dir, open_files=open_files.workload_limit()),
+            ProcessExecutor(
+                config.state_dir,
+                open_files=open_files.workload_limit(),
+                workload_logs=config.workload_logs,
+            ),
             self.topics,
             self.outbox,
             self.publishers,

@@ -1,4 +1,9 @@
-"""Rotation of workload logs: ``state_dir/executions/<id>/stdout.log`` and ``stderr.log``.
+"""Workload logs on the executor's side: the FIFOs and marker of format 2 made before each spawn
+(:func:`prepare`; the layout and the readers are agent/streams.py), and the rotation of format-1 logs.
+
+Format 2's writers (supervisor.sh) keep each stream within ``max_bytes x (1 + keep)`` themselves. What
+follows is format 1, for supervisors of older agents that outlive an upgrade: ``stdout.log`` and
+``stderr.log`` written directly by the workload.
 
 The supervisor (supervisor.sh) holds each stream open with O_APPEND for as long as the workload runs, and
 may outlive the agent, so a log cannot be renamed away: the workload would keep writing to the renamed
@@ -17,7 +22,6 @@ is truncated to 0 bytes; being O_APPEND, the workload's next write lands at the 
 - The files live in the execution's directory, so they go with it when the execution is deleted
   (ProcessExecutor.remove). Rotation only ever names files through that directory's path, so once
   ``remove`` has renamed the directory away a rotation in progress can no longer create anything in it.
-- ``read_tail`` reads the end of a stream across its latest rotation, for ``run_output``.
 - The file work runs in a worker thread; one rotation at a time in a process (a lock), so a second
   rotator on the same directory (a test, say) cannot interleave with the agent's. Reading a stream whole
   (the results archive, agent/results/pack.py) holds the same lock, so it sees the files as they are
@@ -27,6 +31,7 @@ is truncated to 0 bytes; being O_APPEND, the workload's next write lands at the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -35,11 +40,12 @@ from pathlib import Path
 import structlog
 
 from agent.reasons import os_reason_at
-from agent.streams import STREAMS, lock, rotated
+from agent.streams import STREAM_NAMES, STREAMS, lock, rotated
 
 log = structlog.get_logger("agent.executors.logs")
 
 COPY_CHUNK = 1024 * 1024
+FORMAT_FILE = "format"  # in the run directory: the supervisor files' format (docs/upgrade.md)
 
 
 def rotate(live: Path, keep: int) -> bool:
@@ -133,21 +139,25 @@ async def rotate_forever(root: Path, max_bytes: int, keep: int, interval_s: floa
         await asyncio.sleep(interval_s)
 
 
-def read_tail(live: Path, limit: int) -> tuple[bytes, bool]:
-    """The last ``limit`` bytes of a stream across its latest rotation (the end of ``live.1``, then
-    ``live``) and whether the stream holds more than that. Missing files count as empty."""
-    data = _last_bytes(live, limit + 1)
-    if len(data) <= limit:
-        data = _last_bytes(rotated(live, 1), limit + 1 - len(data)) + data
-    more = len(data) > limit
-    return data[len(data) - limit :] if more else data, more
+# What supervisor.sh's log writers run besides sh's builtins (all coreutils).
+WRITER_PROGRAMS = ("stdbuf", "head", "wc", "sleep", "rm")
 
 
-def _last_bytes(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as stream:
-            size = stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, size - limit))
-            return stream.read(limit)
-    except FileNotFoundError:
-        return b""  # out of descriptors or an I/O error is not an empty log: those raise
+@functools.cache
+def writer_problem() -> str | None:
+    """Why this node cannot run the log writers (a program missing from PATH), or None. Looked up once."""
+    absent = [name for name in WRITER_PROGRAMS if shutil.which(name) is None]
+    if not absent:
+        return None
+    return f"the workload log writer needs {', '.join(absent)} (Debian package coreutils) on PATH"
+
+
+def prepare(run_dir: Path) -> None:
+    """Before a spawn: fresh FIFOs for the supervisor's writers (supervisor.sh), and the format marker."""
+    for name in STREAM_NAMES:
+        fifo = run_dir / f"{name}.fifo"
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo, 0o600)
+    marker = run_dir / FORMAT_FILE
+    if not marker.exists():
+        marker.write_text("2\n")

@@ -29,18 +29,18 @@ from pathlib import Path
 
 import psutil
 
+from agent.config import WorkloadLogsConfig
 from agent.core.events import Tail
 from agent.core.model import ProcessRef, Usage
-from agent.executors import cgroups
+from agent.executors import cgroups, logs
 from agent.executors.cgroups import Containment, open_containment
 from agent.executors.exhaustion import LimitReached, limit_reached
-from agent.executors.logs import read_tail
 from agent.protocol import Spec
-from agent.streams import STREAMS
+from agent.streams import STREAM_NAMES, end_offset, read_tail
 
 # The files the supervisor writes, a contract between agent versions (docs/upgrade.md): a later agent
 # reads every earlier format, as supervisors of the old version outlive an upgrade.
-SUPERVISOR_FILES_FORMAT = 1
+SUPERVISOR_FILES_FORMAT = 2
 TAIL_BYTES = 4096
 SPAWN_TIMEOUT_S = 10.0
 # Environment variables a workload inherits from the agent; everything else comes from its spec.
@@ -124,12 +124,18 @@ def is_same_process(pid: int, started: float) -> bool:
 
 class ProcessExecutor:
     def __init__(
-        self, state_dir: Path, containment: Containment | None = None, open_files: int | None = None
+        self,
+        state_dir: Path,
+        containment: Containment | None = None,
+        open_files: int | None = None,
+        workload_logs: WorkloadLogsConfig | None = None,
     ) -> None:
-        """``open_files``: the soft open-files limit each workload gets (default: the agent's own now)."""
+        """``open_files``: the soft open-files limit each workload gets (default: the agent's own now);
+        ``workload_logs``: the bound of its logs (default: the configuration's defaults)."""
         self.root = state_dir / "executions"
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if open_files is None else open_files
         self._open_files = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+        self.log_limits = workload_logs if workload_logs is not None else WorkloadLogsConfig()
         self.containment = containment if containment is not None else open_containment(state_dir)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         # The limit the latest spawn failed on, until one succeeds (set from the spawning thread).
@@ -179,6 +185,9 @@ class ProcessExecutor:
                 raise SpawnError(f"working_dir {cwd[:200]!r} cannot be used: {exc}") from exc
             if not is_dir:
                 raise SpawnError(f"working_dir {cwd!r} is not a directory")
+        problem = logs.writer_problem()
+        if problem is not None:
+            raise SpawnError(problem)
         program = spec.command[0]
         if shutil.which(program, path=env.get("PATH")) is None:
             raise SpawnError(f"command {program!r} was not found or is not executable")
@@ -195,6 +204,9 @@ class ProcessExecutor:
                 stale.unlink(missing_ok=True)
             if cgroup is not None:
                 self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
+            logs.prepare(run_dir)
+            limits = self.log_limits
+            starts = [str(end_offset(run_dir, stream)) for stream in STREAM_NAMES]
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
                     [
@@ -203,6 +215,9 @@ class ProcessExecutor:
                         str(run_dir),
                         str(attempt),
                         self._open_files,
+                        str(limits.max_bytes),
+                        str(limits.keep),
+                        *starts,
                         *spec.command,
                     ],
                     stdin=subprocess.DEVNULL,
@@ -376,7 +391,7 @@ class ProcessExecutor:
             exit_code = None  # never written: the supervisor did not see its workload end
         except ValueError:
             exit_code = None  # written atomically, so this is damage, not a code
-        stdout, stderr = (_tail(run_dir / live) for live in STREAMS)
+        stdout, stderr = (_tail(run_dir, stream) for stream in STREAM_NAMES)
         return Outcome(exit_code, stdout, stderr)
 
     # --- stop -------------------------------------------------------------------------------------
@@ -538,6 +553,6 @@ def _abandon(supervisor: subprocess.Popen[bytes], pid: int | None) -> None:
     supervisor.wait()
 
 
-def _tail(path: Path) -> Tail:
-    data, truncated = read_tail(path, TAIL_BYTES)  # across the latest rotation of the log
+def _tail(run_dir: Path, stream: str) -> Tail:
+    data, truncated = read_tail(run_dir, stream, TAIL_BYTES)  # across the log's segments
     return Tail(data.decode("utf-8", errors="replace"), truncated=truncated)

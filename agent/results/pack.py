@@ -37,7 +37,7 @@ from typing import BinaryIO, Literal
 
 from agent.reasons import os_reason_at
 from agent.results.errors import PublishError
-from agent.streams import STREAM_FILES, rotation_paused, stream_files
+from agent.streams import STREAM_NAMES, rotation_paused, segments
 
 COMPRESS_LEVEL = 6  # gzip's and tar czf's default: level 9 costs twice the time for a few per cent
 CHUNK = 1024 * 1024
@@ -130,7 +130,7 @@ def pack(
         # Not parents=True: a run directory removed with its execution meanwhile must not come back.
         destination.parent.mkdir(exist_ok=True)
         with rotation_paused(), ExitStack() as stack:
-            logs = [(name, _open_stream(stack, run_dir / live)) for name, live in STREAM_FILES]
+            logs = [(name, _open_stream(stack, run_dir, name)) for name in STREAM_NAMES]
             content = len(exit_text) + sum(size for _, parts in logs for _, size in parts)
             content += sum(e.size for e in entries)
             _check_size(content, max_bytes)
@@ -234,12 +234,12 @@ def _walk(root: Path, name: str) -> Iterator[_Entry]:
     # else a FIFO, socket or device: never read
 
 
-def _open_stream(stack: ExitStack, live: Path) -> list[tuple[BinaryIO, int]]:
-    """The files of a log stream, open, each with the size it has now."""
+def _open_stream(stack: ExitStack, run_dir: Path, name: str) -> list[tuple[BinaryIO, int]]:
+    """The files of a log stream (agent/streams.py), oldest first, open, each with the size it has now."""
     parts: list[tuple[BinaryIO, int]] = []
-    for path in stream_files(live):
+    for segment in segments(run_dir, name):
         try:
-            stream: BinaryIO = stack.enter_context(path.open("rb"))
+            stream: BinaryIO = stack.enter_context(segment.path.open("rb"))
         except FileNotFoundError:
             continue
         parts.append((stream, os.fstat(stream.fileno()).st_size))

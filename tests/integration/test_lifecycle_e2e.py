@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.streams import read_range
 from tests.support.agent import (
     StatusLog,
     config_for,
@@ -43,7 +44,7 @@ async def test_batch_job_runs_to_completion_with_every_state_its_own_revision(
     assert done["observed_generation"] == 1
     assert done["updated_at"].endswith("Z")
     # The full logs stay on the node.
-    assert (state_dir / "executions" / "job-1" / "stdout.log").read_text() == "out\n"
+    assert read_range(state_dir / "executions" / "job-1", "stdout", 0, 1024) == (0, b"out\n")
 
 
 async def test_non_zero_exit_fails_and_keeps_the_exit_code(

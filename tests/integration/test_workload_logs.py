@@ -1,20 +1,18 @@
-"""Workload logs through the real agent: full stdout/stderr on disk, rotated at max_bytes keeping `keep`
-older files, and gone with the execution when it is deleted.
+"""Workload logs through the real agent: the writer beside each workload (supervisor.sh) keeps every
+stream within max_bytes x (1 + keep) in segments named by their offset, reads across them give the whole
+retained log in order, the workload writes on while the agent is down, and the logs go with the execution.
 
-The agent's own rotator scans every 5 s; the test runs a second one on the same directory every 20 ms
-(rotations are serialised in the process, so the two never interleave). The workload writes in bursts
-that the test releases one at a time, each larger than max_bytes, so every rotation is deterministic.
+The workload writes in bursts that the test releases one at a time, so each listing is deterministic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
-from agent.config import WorkloadLogsConfig
-from agent.executors.logs import rotate_forever
+from agent.config import AgentConfig, WorkloadLogsConfig
+from agent.streams import read_range, segments
 from tests.support.agent import StatusLog, config_for, desired, desired_topic, running_agent
 from tests.support.broker import Broker
 from tests.support.mqtt import Probe
@@ -25,7 +23,7 @@ MAX_BYTES = 4096
 KEEP = 2
 
 # Burst n (1..3): 5000 bytes of the digit n on stdout (and one 5000-byte burst on stderr with the first);
-# then a short last chunk, and exit 0. Each burst waits for the file go-n in the directory given.
+# then a short last chunk with no newline, and exit 0. Each burst waits for the file go-n in the directory given.
 WORKLOAD = """
 import os, sys, time
 def wait(n):
@@ -37,82 +35,141 @@ for n in (1, 2, 3):
     if n == 1:
         os.write(2, b"e" * 4999 + b"\\n")
 wait(4)
-os.write(1, b"the end\\n" * 125)
+os.write(1, b"the end" * 100)
 """
 BURST = [str(n).encode() * 4999 + b"\n" for n in (1, 2, 3)]
-LAST = b"the end\n" * 125
+LAST = b"the end" * 100
+
+# Waits for go-1, then writes 24 MiB as fast as it can (far beyond the bound) and exits 0.
+FLOOD = """
+import os, sys, time
+while not os.path.exists(os.path.join(sys.argv[1], "go-1")):
+    time.sleep(0.005)
+block = bytes(range(256)) * 256
+for _ in range(384):
+    os.write(1, block)
+os.write(1, b"done")
+"""
+FLOOD_BYTES = 384 * 65536 + 4
+FLOOD_SEGMENT = 1024 * 1024
 
 
-def rotated_files(run_dir: Path, stream: str) -> list[str]:
-    return sorted(p.name for p in run_dir.glob(f"{stream}.*") if not p.name.endswith(".tmp"))
+def offsets(run_dir: Path, stream: str) -> list[int]:
+    return [s.offset for s in segments(run_dir, stream)]
 
 
-async def test_logs_rotate_keep_at_most_keep_files_and_go_with_the_execution(
-    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path
-) -> None:
+def end(run_dir: Path) -> int:
+    first, data = read_range(run_dir, "stdout", 0, 1 << 20)
+    return first + len(data)
+
+
+def on_disk(run_dir: Path) -> int:
+    total = 0
+    for stream in ("stdout", "stderr"):
+        for s in segments(run_dir, stream):
+            try:
+                total += s.path.stat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+async def setting_up(
+    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path, *, max_bytes: int, execution: str
+) -> tuple[AgentConfig, Path, StatusLog]:
+    """The agent's configuration with segments of ``max_bytes``, the workload's signal directory, and the
+    status log of ``execution``, subscribed."""
     config = config_for(broker, state_dir).model_copy(
-        update={"workload_logs": WorkloadLogsConfig(max_bytes=MAX_BYTES, keep=KEEP)}
+        update={"workload_logs": WorkloadLogsConfig(max_bytes=max_bytes, keep=KEEP)}
     )
     signals = tmp_path / "signals"
     signals.mkdir()
-    execution = "chatty"
     log = StatusLog(probe, NODE, execution)
     await probe.subscribe(log.topic)
+    return config, signals, log
+
+
+async def test_logs_stay_in_keep_segments_read_in_order_and_go_with_the_execution(
+    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path
+) -> None:
+    execution = "chatty"
+    config, signals, log = await setting_up(
+        broker, probe, state_dir, tmp_path, max_bytes=MAX_BYTES, execution=execution
+    )
     async with running_agent(config) as agent:
         root = agent.runtime.executor.root
         run_dir = root / execution
-        stdout = run_dir / "stdout.log"
-        rotator = asyncio.create_task(rotate_forever(root, MAX_BYTES, KEEP, interval_s=0.02))
-        try:
-            await probe.publish(
-                desired_topic(NODE, execution),
-                desired(execution, command=[sys.executable, "-c", WORKLOAD, str(signals)]),
-                retain=True,
-            )
-            await log.wait_state("running")
-            for n in (1, 2, 3):
-                (signals / f"go-{n}").touch()
-                # Rotated as soon as a scan sees it past max_bytes: the live file starts again from 0 and
-                # the burst is the newest rotated file.
-                await wait_until(
-                    lambda n=n: (
-                        (stdout.with_name("stdout.log.1").exists())
-                        and stdout.with_name("stdout.log.1").read_bytes() == BURST[n - 1]
-                        and stdout.stat().st_size == 0
-                    ),
-                    10,
-                    what=f"burst {n} rotated",
-                )
-                assert rotated_files(run_dir, "stdout.log") == [
-                    f"stdout.log.{i}" for i in range(1, min(n, KEEP) + 1)
-                ]
-            # The oldest burst fell off; the newer ones shifted up.
-            assert (run_dir / "stdout.log.2").read_bytes() == BURST[1]
-            assert (run_dir / "stderr.log.1").read_bytes() == b"e" * 4999 + b"\n"
-            assert (run_dir / "stderr.log").read_bytes() == b""
+        await probe.publish(
+            desired_topic(NODE, execution),
+            desired(execution, command=[sys.executable, "-c", WORKLOAD, str(signals)]),
+            retain=True,
+        )
+        await log.wait_state("running")
+        written = b""
+        expected_offsets = {1: [0, 4096], 2: [0, 4096, 8192], 3: [4096, 8192, 12288]}
+        for n in (1, 2, 3):
+            (signals / f"go-{n}").touch()
+            written += BURST[n - 1]
+            size = len(written)
+            await wait_until(lambda size=size: end(run_dir) == size, 10, what=f"burst {n} on disk")
+            # At most KEEP full segments beside the one written; the oldest falls off.
+            assert offsets(run_dir, "stdout") == expected_offsets[n]
+            first, data = read_range(run_dir, "stdout", 0, 1 << 20)
+            assert (first, data) == (expected_offsets[n][0], written[expected_offsets[n][0] :])
+        assert read_range(run_dir, "stderr", 0, 1 << 20) == (0, b"e" * 4999 + b"\n")
 
-            (signals / "go-4").touch()
-            done = await log.wait_state("completed")
-            # The writer kept appending at the new end: the live file is the last chunk alone, no hole.
-            assert stdout.read_bytes() == LAST
-            assert rotated_files(run_dir, "stdout.log") == ["stdout.log.1", "stdout.log.2"]
-            # run_output: the end of the stream, whatever rotation did before it.
-            tail = done["run_output"]["stdout"].encode()
-            assert tail.endswith(LAST)
-            assert (BURST[2] + LAST).endswith(tail)
-            assert tail == (BURST[2] + LAST)[-4096:]
-            assert done["run_output"]["exit_code"] == 0
+        (signals / "go-4").touch()
+        done = await log.wait_state("completed")
+        written += LAST
+        # Bytes as written (no newline added to the last chunk), across the segments, from offset 4096 on.
+        assert read_range(run_dir, "stdout", 0, 1 << 20) == (4096, written[4096:])
+        tail = done["run_output"]["stdout"].encode()
+        assert tail == written[-4096:]
+        assert done["run_output"]["stdout_truncated"] is True
+        assert done["run_output"]["exit_code"] == 0
 
-            # Deleting the execution removes its directory, rotated files and all.
-            mark = probe.mark()
-            await probe.publish(desired_topic(NODE, execution), b"", retain=True)
-            await probe.wait_for(
-                lambda m: m.topic == log.topic and m.payload == b"", after=mark, what="status cleared"
-            )
-            await wait_until(lambda: not run_dir.exists(), 10, what="execution directory removed")
-            assert list(root.iterdir()) == []
-            assert not rotator.done()
-        finally:
-            rotator.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rotator
+        # Deleting the execution removes its directory, segments, FIFOs and all.
+        mark = probe.mark()
+        await probe.publish(desired_topic(NODE, execution), b"", retain=True)
+        await probe.wait_for(
+            lambda m: m.topic == log.topic and m.payload == b"", after=mark, what="status cleared"
+        )
+        await wait_until(lambda: not run_dir.exists(), 10, what="execution directory removed")
+        assert list(root.iterdir()) == []
+
+
+async def test_the_bound_holds_and_the_workload_writes_on_while_the_agent_is_down(
+    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path
+) -> None:
+    # Segments of 1 MiB: a segment costs the writer a few execs, so 4 KiB ones would slow the flood down.
+    execution = "flood"
+    config, signals, log = await setting_up(
+        broker, probe, state_dir, tmp_path, max_bytes=FLOOD_SEGMENT, execution=execution
+    )
+    async with running_agent(config) as agent:
+        run_dir = agent.runtime.executor.root / execution
+        await probe.publish(
+            desired_topic(NODE, execution),
+            desired(execution, command=[sys.executable, "-c", FLOOD, str(signals)], window_s=0.2),
+            retain=True,
+        )
+        await log.wait_state("running")
+    # The agent is gone: nobody but the writer beside the workload looks after its logs.
+    (signals / "go-1").touch()
+    peak = 0
+    async with asyncio.timeout(60):  # a condition, bounded: the workload ended, its writers reached the end
+        while not (run_dir / "exit-1").exists():
+            peak = max(peak, on_disk(run_dir))
+            await asyncio.sleep(0.001)
+    assert peak <= 2 * FLOOD_SEGMENT * (
+        1 + KEEP
+    )  # both streams, each within its bound, whenever a sample was taken
+    assert (run_dir / "exit-1").read_text() == "0\n"
+    first, data = read_range(run_dir, "stdout", 0, 1 << 26)
+    assert first + len(data) == FLOOD_BYTES
+    assert first == (FLOOD_BYTES // FLOOD_SEGMENT - KEEP) * FLOOD_SEGMENT
+    assert data.endswith(b"done")
+    async with running_agent(config):
+        done = await log.wait_state("completed")
+        assert done["run_output"]["exit_code"] == 0
+        assert done["run_output"]["stdout"].endswith("done")

@@ -67,6 +67,14 @@ PROGRAMS: dict[str, Program] = {
         Program("setsid", "util-linux", "gives every workload its own session (the supervisor)"),
         Program("env", "coreutils", "restores default signals for every workload (the supervisor)"),
         Program("sync", "coreutils", "makes every exit file durable (the supervisor)"),
+        Program("head", "coreutils", "copies each workload stream into its log segments (the supervisor)"),
+        Program(
+            "stdbuf", "coreutils", "makes that copy unbuffered, so output is on disk at once (the supervisor)"
+        ),
+        Program("wc", "coreutils", "measures each finished log segment (the supervisor)"),
+        Program(
+            "sleep", "coreutils", "bounds the supervisor's wait for its log writers at the workload's end"
+        ),
         Program(
             "faketime",
             "faketime",

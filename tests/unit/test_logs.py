@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 import pytest
 import structlog
 
-from agent.executors.logs import read_tail, rotate, rotate_all, rotate_forever, rotate_if_larger, rotated
+from agent.executors.logs import prepare, rotate, rotate_all, rotate_forever, rotate_if_larger
+from agent.streams import end_offset, latest_attempt, read_range, read_tail, rotated, segments
 from tests.support.wait import wait_until
 
 
@@ -173,15 +175,67 @@ async def test_rotate_forever_rotates_logs_a_failure_once_and_never_returns(tmp_
         (b"", b"abcde", b"abcde", False),
     ],
 )
-def test_read_tail_spans_the_latest_rotation(
+def test_read_tail_spans_format_1_rotation(
     tmp_path: Path, older: bytes | None, live: bytes, tail: bytes, more: bool
 ) -> None:
     path = tmp_path / "stdout.log"
     path.write_bytes(live)
     if older is not None:
         rotated(path, 1).write_bytes(older)
-    assert read_tail(path, 5) == (tail, more)
+    assert read_tail(tmp_path, "stdout", 5) == (tail, more)
 
 
 def test_read_tail_of_nothing(tmp_path: Path) -> None:
-    assert read_tail(tmp_path / "stdout.log", 5) == (b"", False)
+    assert read_tail(tmp_path, "stdout", 5) == (b"", False)
+    assert read_tail(tmp_path / "absent", "stdout", 5) == (b"", False)
+
+
+def segment(run_dir: Path, stream: str, offset: int, attempt: int, data: bytes) -> Path:
+    path = run_dir / f"{stream}.{offset:020d}.{attempt}.log"
+    path.write_bytes(data)
+    return path
+
+
+def test_segments_are_listed_oldest_first_with_their_offsets(tmp_path: Path) -> None:
+    segment(tmp_path, "stdout", 20, 2, b"uvw")
+    segment(tmp_path, "stdout", 10, 1, b"0123456789")
+    segment(tmp_path, "stderr", 0, 1, b"e")
+    (tmp_path / "stdout.fifo").touch()
+    found = segments(tmp_path, "stdout")
+    assert [(s.offset, s.attempt) for s in found] == [(10, 1), (20, 2)]
+    assert latest_attempt(found) == 2
+    assert end_offset(tmp_path, "stdout") == 23
+    assert end_offset(tmp_path, "stderr") == 1
+    assert end_offset(tmp_path, "absent") == 0
+
+
+def test_format_1_files_come_first_counted_from_zero(tmp_path: Path) -> None:
+    (tmp_path / "stdout.log.1").write_bytes(b"old")
+    (tmp_path / "stdout.log").write_bytes(b"er")
+    segment(tmp_path, "stdout", 5, 3, b"new")
+    found = segments(tmp_path, "stdout")
+    assert [(s.path.name, s.offset, s.attempt) for s in found] == [
+        ("stdout.log.1", 0, None),
+        ("stdout.log", 3, None),
+        (f"stdout.{5:020d}.3.log", 5, 3),
+    ]
+    assert read_range(tmp_path, "stdout", 0, 100) == (0, b"oldernew")
+
+
+def test_read_range_starts_at_the_first_retained_byte_and_spans_segments(tmp_path: Path) -> None:
+    segment(tmp_path, "stdout", 100, 1, b"abcd")
+    segment(tmp_path, "stdout", 104, 1, b"efgh")
+    segment(tmp_path, "stdout", 108, 2, b"ij")
+    assert read_range(tmp_path, "stdout", 0, 5) == (100, b"abcde")  # 0..99 rotated away
+    assert read_range(tmp_path, "stdout", 103, 100) == (103, b"defghij")
+    assert read_range(tmp_path, "stdout", 110, 100) == (110, b"")
+    assert read_range(tmp_path, "stdout", 0, 100, attempt=2) == (108, b"ij")
+    assert read_range(tmp_path, "stdout", 0, 100, attempt=1) == (100, b"abcdefgh")
+    assert read_tail(tmp_path, "stdout", 3) == (b"hij", True)
+
+
+def test_prepare_makes_fresh_fifos_and_the_format_marker(tmp_path: Path) -> None:
+    (tmp_path / "stdout.fifo").write_text("a stale regular file")
+    prepare(tmp_path)
+    assert all(stat.S_ISFIFO((tmp_path / f"{n}.fifo").stat().st_mode) for n in ("stdout", "stderr"))
+    assert (tmp_path / "format").read_text() == "2\n"
