@@ -15,13 +15,11 @@ from pathlib import Path
 
 import agent
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from agent.log import configure_logging
 from agent.operator import arguments as operator_args
 
 PROG = "reconcile-agent"
-EXIT_OK = 0
-EXIT_USAGE = 2  # also argparse's status for bad arguments, so "bad input" is always 2
-EXIT_INTERRUPTED = 130  # the shell's convention for a SIGINT
 
 
 @dataclass(frozen=True)

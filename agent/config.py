@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.labels import labels_problems
 from agent.names import id_problem
+from agent.protocol import DEFAULT_TOPIC_PREFIX
 from agent.reasons import os_reason
 
 ENV_PREFIX = "RECONCILE_"
@@ -68,7 +69,7 @@ class MqttConfig(BaseModel):
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
-    topic_prefix: str = "reconcile/v1"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     client_id: str | None = Field(default=None, min_length=1)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     username: str | None = None

@@ -27,6 +27,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig, ConfigError
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
+from agent.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.identity import IdentityConflict
 from agent.inbox import Inbox
 from agent.intake import Intake
@@ -46,9 +47,6 @@ from agent.tls import tls_context
 
 log = structlog.get_logger("agent.daemon")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 HOSTNAME = socket.gethostname()
 
 
@@ -264,11 +262,11 @@ async def run_agent(config: AgentConfig) -> int:
             await stop.wait()
     except* (StoreError, BrokerStartError, ConfigError) as group:
         log.error("cannot start", error="; ".join(str(e) for e in group.exceptions))
-        code = EXIT_CONFIG
+        code = EXIT_USAGE
     except* IdentityConflict as group:
         # Whether at start or later: the other agent keeps the node, and a restart would not change that.
         log.error("stopped: another agent acts for this node id", error=str(leaf(group)))
-        code = EXIT_CONFIG
+        code = EXIT_USAGE
     except* Exception as group:
         log.error("agent failed", errors=[repr(e) for e in group.exceptions])
         code = EXIT_FAILED

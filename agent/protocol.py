@@ -417,42 +417,98 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 # --- Topics ---------------------------------------------------------------------------------------------
+# The one layout of the topics (docs/protocol.md): the agent names its node's through ``Topics``, the
+# operator CLI reads every node's through ``FleetTopics``.
+
+ANY = "+"
+
+TopicKind = Literal["execution_status", "desired", "node_status", "events"]
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a topic is about: its kind, node and (for execution topics) execution."""
+
+    kind: TopicKind
+    node_id: str
+    execution_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FleetTopics:
+    prefix: str
+
+    def status(self, node_id: str = ANY, execution_id: str = ANY) -> str:
+        return f"{self.prefix}/nodes/{node_id}/executions/{execution_id}/status"
+
+    def desired(self, node_id: str, execution_id: str) -> str:
+        return f"{self.prefix}/nodes/{node_id}/executions/{execution_id}/desired"
+
+    def node_status(self, node_id: str = ANY) -> str:
+        return f"{self.prefix}/nodes/{node_id}/status"
+
+    def events(self, node_id: str = ANY) -> str:
+        return f"{self.prefix}/nodes/{node_id}/events"
+
+    def control(self, node_id: str) -> str:
+        return f"{self.prefix}/nodes/{node_id}/control"
+
+    def fence(self, client_id: str) -> str:
+        # Outside nodes/ so no agent or orchestrator filter ever matches it.
+        return f"{self.prefix}/operators/{client_id}/fence"
+
+    def where(self, topic: str) -> Where | None:
+        """Parse one of the fleet's topics, or None for anything else."""
+        head = f"{self.prefix}/nodes/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) == 2 and parts[1] in ("status", "events"):
+            return Where("node_status" if parts[1] == "status" else "events", parts[0])
+        if len(parts) == 4 and parts[1] == "executions" and parts[3] in ("status", "desired"):
+            return Where("execution_status" if parts[3] == "status" else "desired", parts[0], parts[2])
+        return None
 
 
 @dataclass(frozen=True)
 class Topics:
+    """One node's topics, as its agent names them."""
+
     prefix: str
     node_id: str
 
     @property
+    def _fleet(self) -> FleetTopics:
+        return FleetTopics(self.prefix)
+
+    @property
     def desired_filter(self) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/executions/+/desired"
+        return self._fleet.desired(self.node_id, ANY)
 
     @property
     def node_status(self) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/status"
+        return self._fleet.node_status(self.node_id)
 
     @property
     def control(self) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/control"
+        return self._fleet.control(self.node_id)
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/events"
+        return self._fleet.events(self.node_id)
 
     def status(self, execution_id: str) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/executions/{execution_id}/status"
+        return self._fleet.status(self.node_id, execution_id)
 
     def desired(self, execution_id: str) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/executions/{execution_id}/desired"
+        return self._fleet.desired(self.node_id, execution_id)
 
     def execution_of_desired(self, topic: str) -> str | None:
         """The execution segment of a desired topic of this node, or None if the topic is not one."""
-        head = f"{self.prefix}/nodes/{self.node_id}/executions/"
-        if not (topic.startswith(head) and topic.endswith("/desired")):
+        where = self._fleet.where(topic)
+        if where is None or where.kind != "desired" or where.node_id != self.node_id:
             return None
-        segment = topic[len(head) : -len("/desired")]
-        return None if "/" in segment else segment
+        return where.execution_id
 
 
 # --- Time and JSON --------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from agent.exit_codes import EXIT_FAILED, EXIT_OK
 from agent.operator.connection import Target
 from agent.operator.documents import load_files
-from agent.operator.errors import EXIT_FAILED, EXIT_OK
 from agent.operator.generations import read_current
 from agent.operator.outcome import Outcome
 from agent.operator.progress import Goal, follow

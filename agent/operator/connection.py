@@ -15,8 +15,9 @@ from typing import Any
 
 from agent.client_options import client_settings
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.exit_codes import EXIT_USAGE
 from agent.operator.documents import DEFAULT_MAX_PAYLOAD_BYTES
-from agent.operator.errors import EXIT_USAGE, OperatorError
+from agent.operator.errors import OperatorError
 from agent.protocol import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_HOST = "127.0.0.1"

@@ -15,8 +15,9 @@ import argparse
 import asyncio
 import json
 
+from agent.exit_codes import EXIT_OK
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.generations import desired_generation
 from agent.operator.nodes import node_documents
 from agent.operator.render import note, out

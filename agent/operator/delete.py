@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from agent.exit_codes import EXIT_OK
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.generations import read_current
 from agent.operator.progress import Goal, follow
 from agent.operator.render import note, out

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from agent.config import StrictKeyLoader, yaml_where
+from agent.exit_codes import EXIT_USAGE
 from agent.names import id_problem
-from agent.operator.errors import EXIT_USAGE, OperatorError
+from agent.operator.errors import OperatorError
 from agent.protocol import Rejected, dumps, parse_desired
 
 # The same loader as configuration files: unique string keys, no arbitrary objects.

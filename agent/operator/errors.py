@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # broker unreachable, unknown execution, a workload that did not reach what was asked
-EXIT_USAGE = 2  # a bad file, argument or configuration: the same status argparse uses
-EXIT_INTERRUPTED = 130  # Ctrl-C during a command that had not finished (apply, delete)
+from agent.exit_codes import EXIT_FAILED
 
 
 class OperatorError(Exception):

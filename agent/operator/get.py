@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from agent.exit_codes import EXIT_OK
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.jobs import job_state
 from agent.operator.render import age, execution_table, note, out, out_json, results_text, time_text
 from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
-from agent.operator.topics import ANY
-from agent.protocol import PUBLISHING_MESSAGE
+from agent.protocol import ANY, PUBLISHING_MESSAGE
 
 
 async def get(args: argparse.Namespace, target: Target) -> int:

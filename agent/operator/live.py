@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.exit_codes import EXIT_OK
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.render import clock, execution_table, note, out, out_json, transition
 from agent.operator.session import Incoming, Session, connect
 from agent.operator.snapshot import Key, ordered
 from agent.operator.status import ExecutionView, parse_status, parse_time
-from agent.operator.topics import ANY
+from agent.protocol import ANY
 
 
 class _Deadline:

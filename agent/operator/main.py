@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from agent.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from agent.operator.apply import apply
 from agent.operator.connection import Target, resolve_target
 from agent.operator.cordon import cordon, uncordon
 from agent.operator.delete import delete
-from agent.operator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.get import get, job
 from agent.operator.live import events, watch
 from agent.operator.nodes import nodes

@@ -11,12 +11,11 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from agent.exit_codes import EXIT_OK
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK
 from agent.operator.render import note, out, out_json, table
 from agent.operator.session import Incoming, connect
-from agent.operator.topics import FleetTopics
-from agent.protocol import OBSERVED_STATES
+from agent.protocol import OBSERVED_STATES, FleetTopics
 
 NODE_COLUMNS = ("NODE", "STATE", "VERSION", "LABELS", "EXECUTIONS", "CAPACITY", "CORDONED")
 

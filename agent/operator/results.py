@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.exit_codes import EXIT_OK, EXIT_USAGE
 from agent.operator.connection import Target
-from agent.operator.errors import EXIT_OK, EXIT_USAGE, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.render import note, out
 from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
 from agent.operator.status import ExecutionView
-from agent.operator.topics import ANY
-from agent.protocol import PUBLISHING_MESSAGE, S3Publisher
+from agent.protocol import ANY, PUBLISHING_MESSAGE, S3Publisher
 
 
 async def results(args: argparse.Namespace, target: Target) -> int:

@@ -19,7 +19,7 @@ import aiomqtt
 
 from agent.operator.connection import Target
 from agent.operator.errors import OperatorError
-from agent.operator.topics import FleetTopics
+from agent.protocol import FleetTopics
 
 QOS = 1
 FENCE_TIMEOUT_S = 3.0

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from agent.operator.session import Incoming, Session
 from agent.operator.status import ExecutionView, parse_status
-from agent.operator.topics import ANY, FleetTopics
+from agent.protocol import ANY, FleetTopics
 
 Key = tuple[str, str]  # (node id, execution id)
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.support.agent import (
     state,
     ts,
 )
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Probe
 from tests.support.wait import wait_until
 
@@ -61,13 +60,6 @@ def probed(
         "failure_threshold": failure_threshold,
     }
     return document
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def assert_stable_once(documents: list[dict[str, Any]], stable_at: str) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from agent.exit_codes import EXIT_USAGE
 from agent.operator.documents import load_files
-from agent.operator.errors import EXIT_USAGE, OperatorError
+from agent.operator.errors import OperatorError
 from agent.operator.generations import desired_generation, next_generation
 from agent.operator.jobs import job_state, job_state_type
 from agent.operator.live import event_line
@@ -19,7 +20,7 @@ from agent.operator.render import format_age, table
 from agent.operator.session import Incoming
 from agent.operator.snapshot import fold
 from agent.operator.status import ExecutionView, parse_status
-from agent.operator.topics import FleetTopics, Where
+from agent.protocol import FleetTopics, Where
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 TOPICS = FleetTopics("reconcile/v1")
