@@ -2,6 +2,8 @@
 
 Each subcommand is one small function registered in :data:`SUBCOMMANDS`; adding one (apply, get, watch)
 means writing its function and a :class:`Subcommand` entry, nothing else.
+
+Owns the command line only: what a command does lives in agent/daemon.py (``run``) and agent/operator/.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Everything an operator can get wrong here surfaces as a :class:`ConfigError` whose message names the
 file and the dotted key, so a typo is a one-line fix rather than a traceback to decode.
+
+Owns the agent's configuration and its checks; reads files, never the store, the broker or the processes.
 """
 
 from __future__ import annotations

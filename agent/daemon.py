@@ -4,6 +4,10 @@
 a named task of its TaskGroup; leaving it publishes ``offline``, cancels the loops and closes the store.
 Workloads are never touched on the way out. ``run_agent`` is the CLI's entry point: signal handlers only
 set a flag, and the agent runs until that flag is set or a loop fails.
+
+Owns the wiring: it builds every part and hands each its collaborators (agent/runtime.py, agent/intake.py,
+agent/mqtt.py, agent/metrics.py, ...), and the node status document. It decides nothing and touches no
+execution's state itself: that is the runtime's.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ and a refresher republishes the node status every ``keepalive_s / 2`` (proof of 
 agent/identity.py). A lost connection ends them; the session is re-established with capped exponential
 backoff and jitter. Another instance ``online`` under this node id, or a session taken over again and
 again, ends the link with :class:`IdentityConflict` instead: two agents must not fight over one node.
+
+Owns the broker session. It may not touch the runtime or the store directly: it reads the outbox rows
+through :class:`agent.outbox.Rows` and hands each message to a callback (agent/intake.py), unparsed.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ its own so slow probes cannot starve spawns. Plain ``http://`` is checked with a
 on asyncio streams (status line only): measured here, httpx costs 1.0-2.3 ms of CPU per check against
 0.2 ms, which at 500 workloads every 2 s is a quarter of a core instead of a few percent
 (bench/README.md). ``https://`` goes through httpx, where the TLS handshake dominates anyway.
+
+Owns running the checks. It may not touch the store or decide: a result goes to the runtime's inbox as a
+:class:`ProbeResult`, and the runtime says which executions are probed (``sync``).
 """
 
 from __future__ import annotations

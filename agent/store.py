@@ -4,6 +4,9 @@ SQLite in WAL mode with ``synchronous=FULL`` makes every commit durable (fsync o
 returns, and a torn last write is rolled back on open, never half-applied. State, high-water mark and
 the outbox rows that publish a change are written in a single transaction, so a revision is never
 published without being stored, nor stored without being queued for publishing (docs/design.md).
+
+Owns the state file. It decides nothing and speaks no MQTT: the runtime tells it what to record, the
+publisher reads the outbox rows through :class:`agent.outbox.Rows`.
 """
 
 from __future__ import annotations

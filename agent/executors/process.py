@@ -9,6 +9,9 @@ Contracts (each is relied on by the runtime and tested in tests/integration/test
   process start time first, so a recycled pid is never signalled. With a cgroup (agent/executors/cgroups.py)
   it reaches every process in the attempt's cgroup, and ``clear`` returns only once none is left.
 - ``outcome`` never invents an exit code: None unless the supervisor wrote one.
+
+Owns the processes and their files under ``state_dir/executions``. It decides nothing and touches neither
+the store nor MQTT: the runtime calls it and turns what it reports into events.
 """
 
 from __future__ import annotations
