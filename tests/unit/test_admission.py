@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.core.admission import CORDONED, full, places_taken, refusal, screen
 from agent.core.events import DesiredReceived, DesiredRejected
@@ -135,3 +137,69 @@ def test_screen_makes_a_rejection_whose_digest_carries_the_reason(cordoned: bool
     assert rejected.digest == f"digest:{rejected.reason}"
     passed = screen(known, absent("n"), arrival("n", 5), cordoned=False, max_executions=None)
     assert passed == arrival("n", 5)
+
+
+# --- The limit holds over any sequence (hypothesis) ------------------------------------------------------
+
+IDS = [f"e{i}" for i in range(8)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=4),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["new", "update", "finish", "stop", "run_again"]),
+            st.sampled_from(IDS),
+            st.sampled_from(IDS),
+        ),
+        max_size=40,
+    ),
+)
+def test_the_limit_holds_and_updates_and_stops_always_pass(
+    limit: int, steps: list[tuple[str, str, str]]
+) -> None:
+    """Whatever arrives in whatever order, admission never takes the places beyond max_executions; a stop
+    of a known execution and an update of an unfinished one nobody else took over are always admitted.
+
+    An end can add a place: in a chain of updates e0 <- e2 <- e1, e2 failing leaves e0 (rolled back) and e1
+    in places of their own. That is the rollback working as usual, not an admission (docs/protocol.md).
+    """
+    known: dict[str, Execution] = {}
+    for op, eid, other in steps:
+        before = places_taken(known)
+        state = known.get(eid) or absent(eid)
+        generation = (known[eid].generation + 1) if eid in known else 1
+        if op in ("new", "update") and eid not in known:
+            previous = other if op == "update" and other != eid else None
+            event = arrival(eid, previous=previous)
+            takes_over = (
+                previous in known
+                and known[previous].state_type not in ("completed", "failed", "lost", "stopped")
+                and not any(
+                    e.previous_execution_id == previous
+                    and e.state_type not in ("completed", "failed", "lost", "stopped")
+                    for e in known.values()
+                )
+            )
+            reason = refusal(known, state, event, cordoned=False, max_executions=limit)
+            if takes_over:
+                assert reason is None, "an update takes its predecessor's place"
+            if reason is None:
+                known[eid] = execution(eid, "starting", previous=previous)
+        elif op == "stop" and eid in known:
+            event = arrival(eid, generation, "stopped")
+            assert refusal(known, state, event, cordoned=True, max_executions=limit) is None
+            known[eid] = known[eid].replace(
+                observed=ObservedState(state_type="stopped"), generation=generation
+            )
+        elif op == "finish" and eid in known:
+            known[eid] = known[eid].replace(observed=ObservedState(state_type="completed"))
+        elif op == "run_again" and eid in known and known[eid].state_type == "stopped":
+            event = arrival(eid, generation, "running")
+            if refusal(known, state, event, cordoned=False, max_executions=limit) is None:
+                known[eid] = known[eid].replace(
+                    observed=ObservedState(state_type="starting"), generation=generation
+                )
+        if op != "finish":
+            assert places_taken(known) <= max(limit, before), (limit, steps)
