@@ -28,9 +28,9 @@ import httpx
 
 from agent.core.events import Event, ProbeResult
 from agent.core.model import Absent, Execution
+from agent.core.validation import probed
 from agent.protocol import Probe
 
-PROBED_STATES = ("validating", "running", "degraded")
 EXEC_THREADS = 4
 
 
@@ -164,12 +164,8 @@ async def _connected(host: str, port: int) -> AsyncIterator[socket.socket]:
 
 
 def _wanted(state: Execution | Absent) -> tuple[int, Probe] | None:
-    """The attempt and probe to run for ``state``, if its workload runs and has a probe."""
-    if not isinstance(state, Execution) or state.state_type not in PROBED_STATES:
-        return None
-    if state.process is None or state.spec is None or state.spec.probe is None:
-        return None
-    return state.process.attempt, state.spec.probe
+    """The attempt and probe to run for ``state``, if its workload runs and has a probe (the core says)."""
+    return probed(state) if isinstance(state, Execution) else None
 
 
 def _run_exec(command: list[str], timeout_s: float) -> tuple[bool, str]:

@@ -34,7 +34,17 @@ from agent.core.events import (
     TimerFired,
 )
 from agent.core.model import Absent, Execution
-from agent.core.moves import fail_on_own, failed, forget, on_gone, on_started, start, stop
+from agent.core.moves import (
+    fail_on_own,
+    failed,
+    forget,
+    on_gone,
+    on_started,
+    revalidating,
+    start,
+    stop,
+    waiting_state,
+)
 from agent.core.step import Decision, Step
 from agent.core.timers import Timer
 from agent.core.updates import hand_over, on_mail
@@ -86,7 +96,7 @@ def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
                 step.set(spawn_pending=False)
                 if state.state_type == "stopping":
                     return on_gone(step, exit_code=None, why="never started")
-                again: ObservedStateType = "degraded" if state.state_type == "degraded" else "starting"
+                again: ObservedStateType = "degraded" if revalidating(state) else "starting"
                 start(step, "spawning again: the agent stopped while spawning", again)  # not a restart
         case ProcessExited():
             if state.process is not None and event.attempt == state.process.attempt:
@@ -154,8 +164,8 @@ def _on_timer(step: Step, name: Timer) -> None:
     elif name == Timer.GRACE and state.process is not None:
         step.actions.append(_kill(step))
     elif name == Timer.RESTART and not state.active:
-        start(step, "restarting", "degraded" if state.stable_at is not None else "starting")
-    elif name == Timer.DEADLINE and state.stable_at is None:
+        start(step, "restarting", waiting_state(state))
+    elif name == Timer.DEADLINE and not state.ever_stable:
         fail_on_own(step, "validation failed: not stable before validation.deadline_s passed")
     elif name == Timer.TIMEOUT:
         fail_on_own(step, "timed out: ran longer than timeout_s")

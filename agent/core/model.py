@@ -11,7 +11,7 @@ from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.core.timers import Timer
+from agent.core.timers import ARMED_IN, ONLY_WHILE, Timer, While
 from agent.protocol import DesiredState, ObservedState, ObservedStateType, PublishedResults, RunOutput, Spec
 
 
@@ -145,9 +145,29 @@ class Execution(_Frozen):
         return self.observed.state_type
 
     @property
+    def ever_stable(self) -> bool:
+        """It has passed its validation window once (``stable_at`` is set then, and never changes)."""
+        return self.stable_at is not None
+
+    @property
     def active(self) -> bool:
         """A workload exists or is being spawned for this execution."""
         return self.process is not None or self.spawn_pending
+
+    def armable(self) -> frozenset[Timer]:
+        """The timers that may be armed in this state (agent/core/timers.py)."""
+        holds = {
+            While.WORKLOAD: self.process is not None,
+            While.IDLE: not self.active,
+            While.NEVER_STABLE: not self.ever_stable,
+            While.RUN: self.publishing is None,
+            While.PUBLISHING: self.publishing is not None,
+        }
+        return frozenset(
+            timer
+            for timer in ARMED_IN[self.state_type]
+            if all(holds[condition] for condition in ONLY_WHILE[timer])
+        )
 
     @property
     def next_timer(self) -> tuple[Timer, float] | None:

@@ -6,10 +6,10 @@ caused it. The rules in lifecycle.py, validation.py and updates.py combine them.
 
 from __future__ import annotations
 
-from agent.core import publish
+from agent.core import publish, restarts
 from agent.core.actions import ClearStatus, Forget, Signal, Spawn
 from agent.core.events import Released, RollbackFrom
-from agent.core.model import Absent, ProcessRef
+from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.step import Decision, Step
 from agent.core.timers import Timer
 from agent.protocol import ObservedStateType, RunOutput
@@ -20,7 +20,6 @@ def start(step: Step, message: str = "spawning", state_type: ObservedStateType =
     state = step.state
     assert state.spec is not None, "a running desired state always has a spec"
     step.set(attempt=state.attempt + 1, spawn_pending=True, started_once=True, superseded=False)
-    step.clear_timers(Timer.RESTART)
     step.observe(state_type, message)
     step.actions.append(Spawn(state.execution_id, step.state.attempt, state.spec))
 
@@ -46,30 +45,36 @@ def on_started(step: Step, ref: ProcessRef) -> None:
             Timer.TIMEOUT, state.spec.timeout_s
         )  # restarts keep it: it counts from the run's start
         step.set(timeout_at=step.now.wall + state.spec.timeout_s)
-    if Timer.DEADLINE not in state.deadlines and state.stable_at is None:
+    if Timer.DEADLINE not in state.deadlines and not state.ever_stable:
         step.set_timer(Timer.DEADLINE, state.spec.validation.deadline_s)  # a restart keeps the deadline too
     if state.spec.probe is None:
         step.set_timer(Timer.WINDOW, state.spec.validation.window_s)
-    # A stable execution restarted after a crash stays degraded until it has passed the window again.
-    step.observe("degraded" if state.state_type == "degraded" else "validating", "validating")
+    step.observe("degraded" if revalidating(state) else "validating", "validating")
 
 
 def stop(step: Step, message: str) -> None:
     """Stop whatever runs (or is being spawned); an execution with nothing running is simply stopped."""
     state = step.state
-    step.clear_timers(Timer.RESTART, Timer.WINDOW, Timer.DEADLINE, Timer.TIMEOUT)
     step.set(waiting_for_previous=False)
     if state.publishing is not None:
         # The workload has ended; a stop asked for now ends the publishing too, unpublished.
         publish.abandon(step)
         step.observe("stopped", f"{message}; results not published")
-    elif state.process is not None:
+    elif not _halt(step, message) and state.state_type != "stopped":
+        step.observe("stopped", message)
+
+
+def _halt(step: Step, message: str) -> bool:
+    """Stop the workload that runs or is being spawned, if any: True if there was one (it ends later)."""
+    state = step.state
+    if state.process is not None:
         if state.state_type != "stopping":
             signal_stop(step, message)
-    elif state.spawn_pending:
+        return True
+    if state.spawn_pending:
         step.observe("stopping", message)  # the spawn reports back; on_started stops it then
-    elif state.state_type != "stopped":
-        step.observe("stopped", message)
+        return True
+    return False
 
 
 def signal_stop(step: Step, message: str) -> None:
@@ -77,7 +82,6 @@ def signal_stop(step: Step, message: str) -> None:
     assert state.process is not None
     assert state.spec is not None
     step.actions.append(Signal(state.execution_id, state.process, state.spec.stop.signal))
-    step.clear_timers(Timer.WINDOW, Timer.RESTART)  # a stopping workload can no longer become stable
     step.set_timer(Timer.GRACE, state.spec.stop.grace_s)
     step.observe("stopping", message)
 
@@ -85,23 +89,17 @@ def signal_stop(step: Step, message: str) -> None:
 def fail_on_own(step: Step, reason: str) -> None:
     """The agent ends the execution itself (deadline, timeout): stop whatever runs, then land in failed."""
     state = step.state
-    step.clear_timers(Timer.RESTART, Timer.DEADLINE, Timer.TIMEOUT)
-    if state.process is not None:
-        step.set(stop_outcome=reason)
-        signal_stop(step, reason)
-    elif state.spawn_pending:
-        step.set(stop_outcome=reason)
-        step.observe("stopping", reason)
-    else:
+    if state.active:
+        step.set(stop_outcome=reason)  # on_gone lands it in failed once the workload has ended
+    if not _halt(step, reason):
         failed(step, reason)
 
 
 def failed(step: Step, reason: str) -> None:
     """Land in failed. An update that fails before it was ever stable asks its predecessor to take over."""
-    step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
     step.observe("failed", reason)
     state = step.state
-    if state.stable_at is None and state.previous_execution_id is not None and not state.rollback_asked:
+    if not state.ever_stable and state.previous_execution_id is not None and not state.rollback_asked:
         step.set(rollback_asked=True)
         step.tell(state.previous_execution_id, RollbackFrom(state.execution_id))
 
@@ -112,7 +110,6 @@ def on_gone(step: Step, exit_code: int | None, why: str | None, note: str = "") 
     ``note`` (leftover processes killed, say) is added to whichever message the status gets.
     """
     state = step.state
-    step.clear_timers(Timer.WINDOW, Timer.GRACE, Timer.USAGE)
     step.set(in_window=False, probe_passing=False)
     if state.state_type == "stopping":
         if state.deleting:
@@ -136,12 +133,15 @@ def on_gone(step: Step, exit_code: int | None, why: str | None, note: str = "") 
         reason = _noted("the workload ended while nobody recorded its exit status", note)
         step.emit("lost", reason=reason)
         step.observe("lost", reason)
-        if not restart(step, None, reason):
+        if not restart(step, None, reason).restart:
+            # Lost for good: the run is over. lost allows the run's deadline and timeout, as it is published
+            # on the way to a restart that keeps them (core/timers.py), so they end here, by name.
             step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
         return step.done()
     why = _noted(why or exit_message("exited", exit_code), note)
-    if not restart(step, exit_code, why):
-        settle(step, exit_code, why)
+    verdict = restart(step, exit_code, why)
+    if not verdict.restart:
+        settle(step, exit_code, why, verdict)
     return step.done()
 
 
@@ -155,43 +155,46 @@ def _release_successor(step: Step) -> None:
         step.tell(state.next_execution_id, Released(state.execution_id, known=True))
 
 
-def wants_restart(step: Step, exit_code: int | None) -> bool:
-    assert step.state.spec is not None
-    policy = step.state.spec.restart.policy
-    return policy == "always" or (policy == "on-failure" and exit_code != 0)
-
-
-def restart(step: Step, exit_code: int | None, why: str) -> bool:
-    """Schedule the next attempt if the policy, its budget and the validation deadline allow it."""
+def restart(step: Step, exit_code: int | None, why: str) -> restarts.Verdict:
+    """Schedule the next attempt if the restart policy says so (agent/core/restarts.py); its verdict."""
     state = step.state
     assert state.spec is not None
-    policy = state.spec.restart
-    in_time = not step.due(Timer.DEADLINE)
-    if not (wants_restart(step, exit_code) and state.recent_restarts < policy.max_restarts and in_time):
-        return False
-    delay = min(policy.backoff_s * 2**state.recent_restarts, policy.backoff_max_s)
+    validation_over = bool(step.due(Timer.DEADLINE))  # armed only while it was never stable
+    verdict = restarts.verdict(state.spec.restart, exit_code, state.recent_restarts, validation_over)
+    if not verdict.restart:
+        return verdict
     step.set(restart_count=state.restart_count + 1, recent_restarts=state.recent_restarts + 1)
-    step.set_timer(Timer.RESTART, delay)
+    step.set_timer(Timer.RESTART, verdict.delay_s)
     next_at = step.when(Timer.RESTART)
     step.emit("restart", exit_code=exit_code, restart_count=step.state.restart_count, next_restart_at=next_at)
-    waiting: ObservedStateType = "degraded" if state.stable_at is not None else "starting"
-    step.observe(waiting, f"{why}; restarting at {next_at}", next_restart_at=next_at)
-    return True
+    step.observe(waiting_state(state), f"{why}; restarting at {next_at}", next_restart_at=next_at)
+    return verdict
 
 
-def settle(step: Step, exit_code: int | None, why: str) -> None:
+def revalidating(state: Execution) -> bool:
+    """The attempt being spawned restarts a stable execution after a crash: it stays degraded until it has
+    passed the window again. A run asked for (stable or not) goes through starting and validating."""
+    return state.state_type == "degraded"
+
+
+def waiting_state(state: Execution) -> ObservedStateType:
+    """Where a restart is waited for and spawned: a stable execution waits (and re-validates) in degraded."""
+    return "degraded" if state.ever_stable else "starting"
+
+
+def settle(step: Step, exit_code: int | None, why: str, verdict: restarts.Verdict) -> None:
     """The workload ended for good: completed, or failed with the reason (its results published first)."""
-    state = step.state
     if exit_code == 0:
         if publish.wanted(step, "completed"):
             publish.begin(step, "completed", why)
             return
-        step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)
         step.observe("completed", why)
-    elif step.due(Timer.DEADLINE) and state.stable_at is None:
+    elif verdict.reason is restarts.Reason.VALIDATION_OVER:
         finish_failed(step, f"validation failed: {why} and validation.deadline_s has passed")
+    elif verdict.reason is restarts.Reason.EXHAUSTED:
+        finish_failed(step, f"{why}; {verdict.reason}")
     else:
-        finish_failed(step, f"{why}; restarts exhausted" if wants_restart(step, exit_code) else why)
+        finish_failed(step, why)
 
 
 def finish_failed(step: Step, reason: str) -> None:

@@ -36,7 +36,6 @@ def begin(step: Step, outcome: Literal["completed", "failed"], reason: str) -> N
     state = step.state
     assert state.spec is not None
     assert state.spec.publisher is not None
-    step.clear_timers(Timer.DEADLINE, Timer.TIMEOUT)  # the run is over: neither can fail it any more
     publishing = Publishing(
         attempt=state.attempt,
         exit_code=state.run_output.exit_code,
@@ -84,7 +83,6 @@ def failed_try(step: Step, error: str) -> None:
 
 def abandon(step: Step) -> None:
     """Stop publishing (the execution is stopped or deleted): a try in flight is ignored when it reports."""
-    step.clear_timers(Timer.PUBLISH_RETRY, Timer.PUBLISH_DEADLINE)
     step.set(publishing=None)
 
 

@@ -48,6 +48,7 @@ class Step:
         """Publish the status if it differs from the last one published; identical statuses are dropped."""
         if self.state is self._published_state:
             return  # nothing changed at all since it was published
+        self._drop_timers()
         if self._published is None and self._published_state is not None:
             self._published = status_view(self._published_state)
         if status_view(self.state) == self._published:
@@ -84,10 +85,19 @@ class Step:
             details[key] = value
         self.set(details=details)
 
+    def _drop_timers(self) -> None:
+        """Drop every timer the state no longer allows (agent/core/timers.py): the one place they go as the
+        state changes. Before the status is rendered, as ``details.timeout_at`` shows the timeout timer."""
+        armable = self.state.armable()
+        if not armable.issuperset(self.state.deadlines):
+            self.set(deadlines={k: v for k, v in self.state.deadlines.items() if k in armable})
+
     def set_timer(self, name: Timer, delay_s: float) -> None:
         self.set(deadlines={**self.state.deadlines, name: self.now.boot + delay_s})
 
     def clear_timers(self, *names: Timer) -> None:
+        """End timers the state goes on allowing (one fired, the window starts again, the run is over);
+        the timers a new state does not allow are dropped by :meth:`publish`, not here."""
         self.set(deadlines={k: v for k, v in self.state.deadlines.items() if k not in names})
 
     def due(self, name: Timer) -> bool | None:

@@ -77,7 +77,7 @@ def _roll_back(step: Step, successor: str) -> None:
     state = step.state
     already = (state.details.get("rollback") or {}).get("from") == successor
     if (
-        state.stable_at is None
+        not state.ever_stable
         or state.next_execution_id != successor
         or state.generation != state.handover_generation  # a newer generation from the orchestrator wins
         or already

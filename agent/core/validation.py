@@ -8,8 +8,10 @@ failures in a row make the execution ``degraded``, and the next pass makes it ``
 from __future__ import annotations
 
 from agent.core.events import SuccessorStable
+from agent.core.model import Execution
 from agent.core.step import Step
 from agent.core.timers import Timer
+from agent.protocol import ObservedStateType, Probe
 
 
 def window_passed(step: Step) -> None:
@@ -19,25 +21,36 @@ def window_passed(step: Step) -> None:
         return
     if state.spec.probe is not None and not state.probe_passing:
         return
-    first = state.stable_at is None
-    step.clear_timers(Timer.DEADLINE, Timer.WINDOW)
-    step.set(in_window=False, stable_at=state.stable_at if not first else step.now.wall, recent_restarts=0)
+    first = not state.ever_stable
+    step.set(in_window=False, stable_at=step.now.wall if first else state.stable_at, recent_restarts=0)
     step.observe("running", "stable")
     previous = state.previous_execution_id
     if first and previous is not None and state.spec.update_strategy == "start_first":
         step.tell(previous, SuccessorStable(state.execution_id))
 
 
+# The states whose workload is probed: from the start of its validation for as long as it runs.
+PROBED_STATES: frozenset[ObservedStateType] = frozenset({"validating", "running", "degraded"})
+
+
+def probed(state: Execution) -> tuple[int, Probe] | None:
+    """The attempt and probe to check for ``state``, if its workload runs in a probed state with a probe.
+
+    The prober (agent/probes.py) runs the checks of exactly these; :func:`on_probe` heeds only their reports.
+    """
+    if state.state_type not in PROBED_STATES or state.process is None or state.spec is None:
+        return None
+    probe = state.spec.probe
+    return None if probe is None else (state.process.attempt, probe)
+
+
 def on_probe(step: Step, ok: bool, detail: str) -> None:
     state = step.state
-    assert state.spec is not None
-    probe = state.spec.probe
-    if (
-        probe is None
-        or state.process is None
-        or state.state_type not in ("validating", "running", "degraded")
-    ):
+    checked = probed(state)
+    if checked is None:
         return
+    _, probe = checked
+    assert state.spec is not None
     if state.in_window:
         if ok and not state.probe_passing:
             step.set(probe_passing=True, probe_failures=0)

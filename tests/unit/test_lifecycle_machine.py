@@ -35,6 +35,7 @@ from agent.core.events import (
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document, status_view
+from agent.core.timers import ARMED_IN
 from agent.core.transitions import legal
 from agent.protocol import (
     DesiredDocument,
@@ -58,10 +59,11 @@ RESULTS = PublishedResults(
 )
 
 SPECS = st.builds(
-    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s, probe, publisher: (
+    lambda command, policy, max_restarts, backoff_s, backoff_max_s, window_s, deadline_s, grace_s, probe, publisher, timeout_s: (
         Spec.model_validate(
             {
                 "command": command,
+                "timeout_s": timeout_s,
                 "probe": probe,
                 "publisher": publisher,
                 "restart": {
@@ -92,6 +94,7 @@ SPECS = st.builds(
             {"type": "local", "when": "always", "deadline_s": 3.0},
         ]
     ),
+    timeout_s=st.sampled_from([None, None, None, 4.0, 15.0]),
 )
 
 
@@ -485,6 +488,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         held = self.held()
         if held is None:
             return
+        # The declared table (agent/core/timers.py): by observed state, and by what each timer watches.
+        assert set(held.deadlines) <= ARMED_IN[held.state_type], f"{held.state_type} holds {held.deadlines}"
+        assert set(held.deadlines) <= held.armable(), f"{held.state_type} holds {held.deadlines}"
+        if "deadline" in held.deadlines:
+            assert held.stable_at is None, "the validation deadline is only armed until the run is stable"
         if "restart" in held.deadlines:
             assert not held.active, "a restart is only waited for when nothing runs"
             assert "next_restart_at" in held.observed.details
