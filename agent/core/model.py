@@ -156,18 +156,26 @@ class Execution(_Frozen):
 
     def armable(self) -> frozenset[Timer]:
         """The timers that may be armed in this state (agent/core/timers.py)."""
-        holds = {
-            While.WORKLOAD: self.process is not None,
-            While.IDLE: not self.active,
-            While.NEVER_STABLE: not self.ever_stable,
-            While.RUN: self.publishing is None,
-            While.PUBLISHING: self.publishing is not None,
-        }
-        return frozenset(
-            timer
-            for timer in ARMED_IN[self.state_type]
-            if all(holds[condition] for condition in ONLY_WHILE[timer])
+        return frozenset(timer for timer in ARMED_IN[self.state_type] if self.allows(timer))
+
+    def allows(self, timer: Timer) -> bool:
+        """Whether ``timer`` may be armed in this state (agent/core/timers.py)."""
+        return timer in ARMED_IN[self.state_type] and all(
+            self._holds(condition) for condition in ONLY_WHILE[timer]
         )
+
+    def _holds(self, condition: While) -> bool:
+        match condition:
+            case While.WORKLOAD:
+                return self.process is not None
+            case While.IDLE:
+                return not self.active
+            case While.NEVER_STABLE:
+                return not self.ever_stable
+            case While.RUN:
+                return self.publishing is None
+            case While.PUBLISHING:
+                return self.publishing is not None
 
     @property
     def next_timer(self) -> tuple[Timer, float] | None:

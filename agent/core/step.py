@@ -88,9 +88,9 @@ class Step:
     def _drop_timers(self) -> None:
         """Drop every timer the state no longer allows (agent/core/timers.py): the one place they go as the
         state changes. Before the status is rendered, as ``details.timeout_at`` shows the timeout timer."""
-        armable = self.state.armable()
-        if not armable.issuperset(self.state.deadlines):
-            self.set(deadlines={k: v for k, v in self.state.deadlines.items() if k in armable})
+        state = self.state
+        if not all(state.allows(timer) for timer in state.deadlines):
+            self.set(deadlines={k: v for k, v in state.deadlines.items() if state.allows(k)})
 
     def set_timer(self, name: Timer, delay_s: float) -> None:
         self.set(deadlines={**self.state.deadlines, name: self.now.boot + delay_s})
