@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.operator.session import Session
-from agent.operator.snapshot import Key, fold
+from agent.operator.snapshot import SURE_BELOW, Key, exact_topics, fold
 from agent.operator.status import ExecutionView
 
 
@@ -62,14 +62,20 @@ def next_generation(status: ExecutionView | None, desired_payload: bytes | None)
 
 
 async def read_current(session: Session, keys: Iterable[Key]) -> Current:
-    """Subscribe to the status and desired topics of ``keys`` and read what is retained (fenced)."""
+    """Subscribe to the status and desired topics of ``keys`` and read what is retained (fenced).
+
+    Each topic is exact, so it retains one message at most; past the broker's per-client queue the
+    session's QoS 1 subscriptions (kept, to follow the statuses) are cut, and passes read them whole.
+    """
     topics = session.topics
     keys = list(keys)
-    for node_id in dict.fromkeys(node for node, _ in keys):
-        await session.subscribe(topics.node_status(node_id))
+    filters = [topics.node_status(node_id) for node_id in dict.fromkeys(node for node, _ in keys)]
     for node_id, execution_id in keys:
-        await session.subscribe(topics.status(node_id, execution_id), topics.desired(node_id, execution_id))
+        filters += [topics.status(node_id, execution_id), topics.desired(node_id, execution_id)]
+    await session.subscribe(*filters)
     messages = await session.fence()
+    if len(filters) >= SURE_BELOW:
+        messages += await exact_topics(session.target, filters)
     current = Current(statuses=fold(topics, messages))
     for message in messages:
         where = topics.where(message.topic)

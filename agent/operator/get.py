@@ -10,16 +10,23 @@ from agent.operator.connection import Target
 from agent.operator.errors import OperatorError
 from agent.operator.jobs import job_state
 from agent.operator.render import age, execution_table, note, out, out_json, results_text, time_text
-from agent.operator.session import connect
 from agent.operator.snapshot import execution_statuses
+from agent.operator.status import ExecutionView
 from agent.protocol import ANY, PUBLISHING_MESSAGE
+
+
+async def statuses(target: Target, node_id: str = ANY, execution_id: str = ANY) -> list[ExecutionView]:
+    """Every retained status that matches, sorted; on stderr, what could not be made sure of."""
+    snapshot = await execution_statuses(target, node_id, execution_id)
+    for warning in snapshot.warnings:
+        note(warning)
+    return snapshot.ordered()
 
 
 async def get(args: argparse.Namespace, target: Target) -> int:
     node_id: str = args.node or ANY
     execution_id: str = args.execution or ANY
-    async with connect(target) as session:
-        views = await execution_statuses(session, node_id, execution_id)
+    views = await statuses(target, node_id, execution_id)
     if args.execution and not views:
         where = f"on node {args.node}" if args.node else "on any node"
         raise OperatorError(f"no execution {args.execution!r} {where}")
@@ -37,8 +44,7 @@ async def get(args: argparse.Namespace, target: Target) -> int:
 
 
 async def job(args: argparse.Namespace, target: Target) -> int:
-    async with connect(target) as session:
-        views = await execution_statuses(session)
+    views = await statuses(target)
     state = job_state(args.job, views)
     if not state.executions:
         raise OperatorError(f"no executions of job {args.job!r} on any node")

@@ -19,9 +19,9 @@ from agent.operator.connection import Target
 from agent.operator.errors import OperatorError
 from agent.operator.render import clock, execution_table, note, out, out_json, transition
 from agent.operator.session import Incoming, Session, connect
-from agent.operator.snapshot import Key, ordered
+from agent.operator.snapshot import Key, execution_statuses, ordered
 from agent.operator.status import ExecutionView, parse_status, parse_time
-from agent.protocol import ANY
+from agent.protocol import ANY, dumps
 
 
 class _Deadline:
@@ -95,17 +95,26 @@ async def watch(args: argparse.Namespace, target: Target) -> int:
     node_id: str = args.node or ANY
     async with connect(target) as session:
         topics = session.topics
+        # Live first, so no change falls between the snapshot and the stream; what this subscription
+        # brings of the retained statuses is cut at the broker's queue, the snapshot brings them whole.
         await session.subscribe(topics.status(node_id), topics.node_status(node_id))
         retained = await session.fence()
+        snapshot = await execution_statuses(target, node_id)
         seen = _Watch(session, args.output == "json")
         # The retained state: as JSON lines for scripts; for people, taken in silently and shown as a table.
         seen.quiet = not seen.as_json
         for message in retained:
             seen.show(message)
+        for node, document in snapshot.nodes.items():
+            seen.show(Incoming(topics.node_status(node), dumps(document), retain=True))
+        for view in snapshot.ordered():
+            seen.show(Incoming(topics.status(view.node_id, view.execution_id), dumps(view.document), True))
         seen.quiet = False
         if not seen.as_json and seen.executions:
             out(execution_table(ordered(seen.executions), datetime.now(UTC)))
             out()
+        for warning in snapshot.warnings:
+            note(warning)
         note(f"watching {topics.status(node_id)} (Ctrl-C to stop)")
         deadline = _Deadline(args.timeout)
         while (change := await session.next(deadline.left())) is not None:

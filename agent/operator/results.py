@@ -21,16 +21,14 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.exit_codes import EXIT_OK, EXIT_USAGE
 from agent.operator.connection import Target
 from agent.operator.errors import OperatorError
+from agent.operator.get import statuses
 from agent.operator.render import note, out
-from agent.operator.session import connect
-from agent.operator.snapshot import execution_statuses
 from agent.operator.status import ExecutionView
 from agent.protocol import ANY, PUBLISHING_MESSAGE, S3Publisher
 
 
 async def results(args: argparse.Namespace, target: Target) -> int:
-    async with connect(target) as session:
-        views = await execution_statuses(session, args.node or ANY, args.execution)
+    views = await statuses(target, args.node or ANY, args.execution)
     view = _one(views, args.execution, args.node)
     published = view.results
     if published is None:

@@ -1,9 +1,13 @@
 """One MQTT connection for one command: subscribe, read what the broker retains, then follow live.
 
+What this connection's QoS 1 subscriptions bring of the retained messages is cut at the broker's
+per-client queue: a whole view of what is retained comes from agent/operator/snapshot.py instead.
+
 Retained messages come right after the SUBACK, but MQTT never says when the last one has arrived. The
 fence answers that: after subscribing, publish a token on a topic only this client listens to; the broker
 queues it behind the retained messages it already queued for us, so once the token is back every
-retained message is in. A broker that refuses the fence topic (an ACL) costs a bounded wait instead.
+retained message is in. A broker that refuses the fence topic (an ACL), or one that dropped the token
+with other packets while our socket was full, costs a bounded wait instead.
 """
 
 from __future__ import annotations
@@ -21,8 +25,14 @@ from agent.operator.connection import Target
 from agent.operator.errors import OperatorError
 from agent.protocol import FleetTopics
 
-QOS = 1
+QOS = 1  # what the CLI publishes (desired documents, deletions): acknowledged by the broker
+# What it subscribes to, and its fence. At QoS 1 a broker serves a subscription at most its per-client
+# queue of retained messages, and mosquitto then withholds even the PUBACK of our fence (it wedged `get`
+# with 10,000 retained statuses). At QoS 0 it drops only while our socket is full, and nothing waits on
+# an acknowledgement meanwhile; on a live TCP connection nothing else is lost.
+SUBSCRIBE_QOS = 0
 FENCE_TIMEOUT_S = 3.0
+FILTERS_PER_PACKET = 100  # exact topics per SUBSCRIBE: few round trips, packets any broker takes
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class _Lost:
 class Session:
     def __init__(self, client: aiomqtt.Client, target: Target) -> None:
         self._client = client
+        self.target = target
         self.topics = FleetTopics(target.prefix)
         self._fence_topic = self.topics.fence(target.client_id)
         self._queue: asyncio.Queue[Incoming | _Lost] = asyncio.Queue()
@@ -71,10 +82,11 @@ class Session:
         self._queue.put_nowait(_Lost("the broker closed the connection"))
 
     async def subscribe(self, *filters: str) -> None:
-        """Subscribe to each filter, waiting for its SUBACK."""
-        for topic_filter in filters:
-            self._filters.append(topic_filter)  # before the SUBACK: retained messages may come first
-            await self._client.subscribe(topic_filter, qos=QOS)
+        """Subscribe to every filter, waiting for the SUBACKs (many filters go in few packets)."""
+        for start in range(0, len(filters), FILTERS_PER_PACKET):
+            chunk = filters[start : start + FILTERS_PER_PACKET]
+            self._filters.extend(chunk)  # before the SUBACK: retained messages may come first
+            await self._client.subscribe([(f, SUBSCRIBE_QOS) for f in chunk])
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         """Publish at QoS 1; returns once the broker has acknowledged it."""
@@ -83,7 +95,7 @@ class Session:
     async def fence(self, timeout: float = FENCE_TIMEOUT_S) -> list[Incoming]:
         """Everything received up to now, including every retained message of the subscriptions so far."""
         token = uuid.uuid4().hex.encode()
-        await self._client.publish(self._fence_topic, token, qos=QOS)
+        await self._client.publish(self._fence_topic, token, qos=SUBSCRIBE_QOS)
         collected: list[Incoming] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -126,20 +138,18 @@ async def connect(target: Target) -> AsyncIterator[Session]:
     try:
         await client.__aenter__()
     except (aiomqtt.MqttError, OSError) as exc:
-        raise OperatorError(f"cannot reach the broker at {target.address}: {_reason(exc)}") from None
+        raise OperatorError(f"cannot reach the broker at {target.address}: {reason(exc)}") from None
     session = Session(client, target)
     try:
         await session.start()
         yield session
     except aiomqtt.MqttError as exc:
-        raise OperatorError(
-            f"lost the connection to the broker at {target.address}: {_reason(exc)}"
-        ) from None
+        raise OperatorError(f"lost the connection to the broker at {target.address}: {reason(exc)}") from None
     finally:
         await session.close()
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             await client.__aexit__(None, None, None)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
