@@ -35,6 +35,7 @@ from agent.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.identity import IdentityConflict
 from agent.inbox import Inbox
 from agent.intake import Intake
+from agent.log_service import LogService, LogSource
 from agent.metrics import Metrics, Sources
 from agent.metrics_http import Endpoint
 from agent.mqtt import MqttLink
@@ -98,12 +99,14 @@ class Agent:
         )
         self.runtime.start()
         containment = self.runtime.executor.containment
+        self.logs = LogService(self.topics, self.log_source, config.limits.max_payload_bytes)
         self.intake = Intake(
             self.topics,
             config.limits.max_payload_bytes,
             self.runtime,
             self.publishers.problem,
             containment.refusal,
+            on_log_request=self.logs.on_request,
         )
         if config.mqtt.embedded:
             await self._stack.enter_async_context(embedded_broker(config.mqtt.host, config.mqtt.port))
@@ -124,6 +127,7 @@ class Agent:
             outbox=self.outbox,
             node_status=self.node_status,
             on_message=self.intake.on_message,
+            log_replies=self.logs.replies,
         )
         self.capacity = CapacityWatch(
             lambda: measure(config.state_dir), lambda: self.outbox.changed(node_status=True)
@@ -148,6 +152,7 @@ class Agent:
             ("runtime", self.runtime.run(after=self.link.checked)),
             ("mqtt", self.link.run()),
             ("capacity", self.capacity.run()),
+            ("log-requests", self.logs.run()),
             (
                 "workload-logs",
                 rotate_forever(self.runtime.executor.root, **config.workload_logs.model_dump()),
@@ -183,6 +188,16 @@ class Agent:
         self.runtime.executor.release()
         self.log.info("agent stopped")
 
+    def log_source(self, execution_id: str) -> LogSource | None:
+        """What the log service needs of an execution the agent knows, or None (agent/log_service.py)."""
+        execution = self.runtime.executions.get(execution_id)
+        if execution is None:
+            return None
+        running = execution.spawn_pending or (
+            execution.process is not None and execution.process.attempt == execution.attempt
+        )
+        return LogSource(self.runtime.executor.run_dir(execution_id), execution.attempt, running)
+
     def node_status(self, state: str) -> dict[str, Any]:
         return {
             "node_id": self.config.node_id,
@@ -215,7 +230,7 @@ class Agent:
             "engines": ["process"],
             "probes": ["exec", "http", "tcp"],
             "publishers": self.publishers.types,
-            "logs": False,  # no log requests served yet (PROTOCOL.md, Logs on request)
+            "logs": True,  # log requests served (agent/log_service.py)
             "containment": containment.kind,
             "limits": containment.limits,
         }

@@ -57,18 +57,26 @@ class Intake:
         runtime: Runtime,
         publisher_problem: Callable[[Publisher], str | None],
         limits_refusal: Callable[[list[str]], str | None],
+        *,
+        on_log_request: Callable[[bytes], None] | None = None,
     ) -> None:
         self.topics = topics
         self._max_payload = max_payload
         self._runtime = runtime
         self._publisher_problem = publisher_problem  # why this node cannot serve a publisher, or None
         self._limits_refusal = limits_refusal  # why it cannot enforce resource limits, or None
+        self._on_log_request = on_log_request  # agent/log_service.py: served apart, never a core event
         self.log = log.bind(node=topics.node_id)
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """A desired or control document arrived: turn it into a core event. Never raises."""
+        """A desired or control document arrived: turn it into a core event (a log request goes to the log
+        service). Never raises."""
         if topic == self.topics.control:
             self._runtime.submit_control(parse_control(payload))
+            return
+        if topic == self.topics.log_requests:
+            if self._on_log_request is not None:
+                self._on_log_request(payload)
             return
         execution_id = self.topics.execution_of_desired(topic)
         if execution_id is None:

@@ -47,6 +47,7 @@ log = structlog.get_logger("agent.mqtt")
 PUBLISH_WINDOW = 64
 NODE_STATUS_MAX_LAG_S = 1.0
 PUBLISH_TIMEOUT_S = TIMEOUT_S
+LOG_REPLIES_IN_FLIGHT = 8  # log replies unacknowledged at once: few, so statuses keep the window
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 15.0
 
@@ -61,6 +62,7 @@ class MqttLink:
         outbox: Outbox,
         node_status: Callable[[str], dict[str, Any]],
         on_message: Callable[[str, bytes], None],
+        log_replies: asyncio.Queue[Message] | None = None,
         instance_id: str,
     ) -> None:
         self._settings = settings
@@ -73,6 +75,7 @@ class MqttLink:
         self._outbox = outbox
         self._node_status = node_status
         self._on_message = on_message
+        self._log_replies = log_replies  # agent/log_service.py fills it; bounded there
         self._client: aiomqtt.Client | None = None
         # Called with what was just acknowledged by the broker (metrics); must be quick and not raise.
         self.on_published: list[Callable[[list[Message]], None]] = []
@@ -89,8 +92,9 @@ class MqttLink:
             **self._settings, will=will, clean_session=False, max_inflight_messages=PUBLISH_WINDOW
         )
         # aiomqtt logs "There are N pending publish calls" for each publish past its threshold (10): a
-        # full window is the design here, not a sign of trouble. Subscribes add at most two.
-        client.pending_calls_threshold = PUBLISH_WINDOW + 2
+        # full window is the design here, not a sign of trouble. Subscribes add at most two, log replies
+        # their own few.
+        client.pending_calls_threshold = PUBLISH_WINDOW + 2 + LOG_REPLIES_IN_FLIGHT
         return acknowledge_at_once(client)
 
     async def run(self) -> None:
@@ -156,6 +160,10 @@ class MqttLink:
                 await self._subscribe_control(client)
                 await client.subscribe(self.topics.desired_filter, qos=1)
                 await client.subscribe(self.topics.node_status, qos=1)
+                if self._log_replies is not None:
+                    await self._subscribe_or_warn(
+                        client, self.topics.log_requests, "log requests cannot reach the agent"
+                    )
                 self.connected.set()
                 self.first_attempt.set()
                 self.log.info("connected", subscribed=self.topics.desired_filter)
@@ -163,6 +171,10 @@ class MqttLink:
                     loops.create_task(self._receive(client), name="mqtt-receive")
                     loops.create_task(self._publish(client), name="mqtt-publish")
                     loops.create_task(self._refresh(), name="mqtt-refresh")
+                    if self._log_replies is not None:
+                        loops.create_task(
+                            self._reply_logs(client, self._log_replies), name="mqtt-log-replies"
+                        )
             except* aiomqtt.MqttError as group:
                 lost = group.exceptions[0]
             finally:
@@ -175,14 +187,36 @@ class MqttLink:
             self.log.warning("connection lost", error=str(lost))
 
     async def _subscribe_control(self, client: aiomqtt.Client) -> None:
-        granted = await client.subscribe(self.topics.control, qos=1)
+        await self._subscribe_or_warn(client, self.topics.control, "cordon documents cannot reach the agent")
+
+    async def _subscribe_or_warn(self, client: aiomqtt.Client, topic: str, consequence: str) -> None:
+        granted = await client.subscribe(topic, qos=1)
         if any(_refused(code) for code in (granted or ())):
-            # An ACL from before control topics: run on (desired documents matter more) but say so loudly.
+            # An ACL from before this topic: run on (desired documents matter more) but say so loudly.
             self.log.error(
-                "the broker refuses this node's control topic: cordon documents cannot reach the agent; "
+                f"the broker refuses one of this node's topics: {consequence}; "
                 "update the broker's ACL (config/mosquitto/acl, docs/security.md)",
-                topic=self.topics.control,
+                topic=topic,
             )
+
+    async def _reply_logs(self, client: aiomqtt.Client, replies: asyncio.Queue[Message]) -> None:
+        """Log replies (agent/log_service.py): QoS 1, not retained, up to LOG_REPLIES_IN_FLIGHT
+        unacknowledged. paho sends them in the order they are handed over, so each request's replies stay
+        in order. What waits while the link is down stays in the log service's bounded queue."""
+        in_flight = asyncio.Semaphore(LOG_REPLIES_IN_FLIGHT)
+        async with asyncio.TaskGroup() as flights:
+            while True:
+                message = await replies.get()
+                await in_flight.acquire()
+                flights.create_task(self._send_releasing(client, message, in_flight))
+
+    async def _send_releasing(
+        self, client: aiomqtt.Client, message: Message, slot: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._send(client, message)
+        finally:
+            slot.release()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

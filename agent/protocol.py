@@ -503,12 +503,78 @@ class Topics:
     def desired(self, execution_id: str) -> str:
         return self._fleet.desired(self.node_id, execution_id)
 
+    @property
+    def log_requests(self) -> str:
+        return f"{self.prefix}/nodes/{self.node_id}/logs/request"
+
+    def log_replies(self, request_id: str | None) -> str:
+        """Where the replies to ``request_id`` go; those to a request without a usable id go under
+        :data:`UNNAMED_REQUEST` (docs/protocol.md, Logs on request)."""
+        return f"{self.prefix}/nodes/{self.node_id}/logs/{request_id or UNNAMED_REQUEST}"
+
     def execution_of_desired(self, topic: str) -> str | None:
         """The execution segment of a desired topic of this node, or None if the topic is not one."""
         where = self._fleet.where(topic)
         if where is None or where.kind != "desired" or where.node_id != self.node_id:
             return None
         return where.execution_id
+
+
+# --- Log requests (PROTOCOL.md, Logs on request) ------------------------------------------------------
+
+MAX_TAIL_BYTES = 1024 * 1024
+DEFAULT_TAIL_BYTES = 64 * 1024
+MAX_FOLLOW_S = 3600
+LOG_STREAMS = ("stdout", "stderr")
+# The reply topic of a request whose request_id is missing or cannot name a topic: the one reply it gets
+# (an error) must go somewhere a requester watching ``logs/+`` sees it.
+UNNAMED_REQUEST = "invalid"
+
+
+class LogRequest(_Strict):
+    request_id: Id
+    execution_id: Id
+    stream: Literal["stdout", "stderr"] = "stdout"
+    tail_bytes: Annotated[StrictInt, Field(ge=0, le=MAX_TAIL_BYTES)] = DEFAULT_TAIL_BYTES
+    follow: StrictBool = False
+    follow_s: Annotated[StrictFloat | StrictInt, Field(gt=0, le=MAX_FOLLOW_S, allow_inf_nan=False)] = 300
+
+
+class LogCancel(_Strict):
+    request_id: Id
+    cancel: Literal[True]
+
+
+@dataclass(frozen=True)
+class LogRequestRejected:
+    request_id: str | None  # None when the request has none that can name a reply topic
+    reason: str
+
+
+def parse_log_request(payload: bytes, max_bytes: int) -> LogRequest | LogCancel | LogRequestRejected:
+    """One payload from ``.../logs/request``; never raises: every fault is a rejection naming the field."""
+    if len(payload) > max_bytes:
+        return LogRequestRejected(None, f"payload is {len(payload)} bytes, over the limit of {max_bytes}")
+    try:
+        raw = strict_json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return LogRequestRejected(None, f"payload is not JSON: {exc}")
+    except strict_json.NotAccepted as exc:
+        return LogRequestRejected(_usable_request_id(exc.value), f"payload is not JSON we accept: {exc}")
+    except RecursionError:
+        return LogRequestRejected(None, "payload is not JSON we accept: it nests too deeply")
+    if not isinstance(raw, dict):
+        return LogRequestRejected(None, f"payload is JSON {type(raw).__name__}, not an object")
+    model: type[LogRequest] | type[LogCancel] = LogCancel if "cancel" in raw else LogRequest
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        return LogRequestRejected(_usable_request_id(raw), describe_validation_error(exc))
+
+
+def _usable_request_id(raw: Any) -> str | None:
+    request_id = raw.get("request_id") if isinstance(raw, dict) else None
+    return request_id if isinstance(request_id, str) and id_problem(request_id) is None else None
 
 
 # --- Time and JSON --------------------------------------------------------------------------------------

@@ -469,3 +469,81 @@ def control_payloads() -> st.SearchStrategy[bytes]:
 
     randoms = st.randoms(use_true_random=False)
     return st.one_of(st.builds(mutated_with, randoms, odd_values()), st.builds(control_payload, randoms))
+
+
+# --- Log requests (PROTOCOL.md, Logs on request) -----------------------------------------------------------
+
+LOG_REQUEST_FIELDS = ("request_id", "execution_id", "stream", "tail_bytes", "follow", "follow_s")
+
+
+def valid_log_request(rng: random.Random) -> dict[str, Any]:
+    """A request the agent accepts: a cancel, or a tail with some of its optional fields."""
+    if rng.random() < 0.15:
+        return {"request_id": valid_id(rng, "r"), "cancel": True}
+    request: dict[str, Any] = {"request_id": valid_id(rng, "r"), "execution_id": valid_id(rng, "e")}
+    if rng.random() < 0.5:
+        request["stream"] = rng.choice(["stdout", "stderr"])
+    if rng.random() < 0.5:
+        request["tail_bytes"] = rng.choice([0, 1, 65536, 1024 * 1024])
+    if rng.random() < 0.5:
+        request["follow"] = rng.random() < 0.5
+    if rng.random() < 0.5:
+        request["follow_s"] = rng.choice([0.5, 1, 300, 3600])
+    return request
+
+
+def out_of_bounds(rng: random.Random) -> dict[str, Any]:
+    """A request with one value just outside what the contract allows."""
+    request = valid_log_request(rng)
+    field, value = rng.choice(
+        [
+            ("tail_bytes", -1),
+            ("tail_bytes", 1024 * 1024 + 1),
+            ("tail_bytes", 1.5),
+            ("tail_bytes", True),
+            ("follow_s", 3600.001),
+            ("follow_s", 0),
+            ("follow_s", -1),
+            ("follow", 1),
+            ("stream", "stdin"),
+            ("request_id", "a/b"),
+            ("request_id", ""),
+            ("request_id", "x" * 129),
+            ("request_id", 7),
+            ("execution_id", "#"),
+            ("cancel", False),
+        ]
+    )
+    request[field] = value
+    return request
+
+
+def log_request_payload(rng: random.Random) -> bytes:
+    """One payload for ``.../logs/request``: mostly mutated or out of bounds, some valid, some noise."""
+    roll = rng.random()
+    request = valid_log_request(rng)
+    if roll < 0.1:
+        return json.dumps(request).encode()
+    if roll < 0.25:
+        return json.dumps(out_of_bounds(rng)).encode()
+    if roll < 0.33:
+        return raw_bytes(rng)
+    if roll < 0.43:
+        return mangle_bytes(rng, json.dumps(request).encode())
+    if roll < 0.47:
+        return encode(render(odd_value(rng)))
+    return encode(render(mutate(rng, request), ascii_only=rng.random() < 0.8))
+
+
+def log_request_payloads() -> st.SearchStrategy[bytes]:
+    """Payloads for a node's log request topic: mutated requests, valid ones, and raw bytes."""
+
+    def mutated_with(rng: random.Random, value: Any) -> bytes:
+        return encode(render(mutate(rng, valid_log_request(rng), lambda r: value)))
+
+    randoms = st.randoms(use_true_random=False)
+    return st.one_of(
+        st.builds(mutated_with, randoms, odd_values()),
+        st.builds(log_request_payload, randoms),
+        st.binary(max_size=200),
+    )
