@@ -163,6 +163,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         handler=_operator,
     ),
     Subcommand(
+        name="logs",
+        summary="print an execution's stdout (or --stderr) from its node, and follow it with -f",
+        example="reconcile-agent logs --node node-1 web-2 --tail 4096 -f",
+        add_arguments=operator_args.add_logs,
+        handler=_operator,
+    ),
+    Subcommand(
         name="delete",
         summary="stop an execution, wait until it is stopped, then delete it",
         example="reconcile-agent delete --node node-1 web-2",

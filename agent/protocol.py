@@ -453,6 +453,12 @@ class FleetTopics:
     def control(self, node_id: str) -> str:
         return f"{self.prefix}/nodes/{node_id}/control"
 
+    def log_requests(self, node_id: str) -> str:
+        return f"{self.prefix}/nodes/{node_id}/logs/request"
+
+    def log_replies(self, node_id: str, request_id: str) -> str:
+        return f"{self.prefix}/nodes/{node_id}/logs/{request_id}"
+
     def fence(self, client_id: str) -> str:
         # Outside nodes/ so no agent or orchestrator filter ever matches it.
         return f"{self.prefix}/operators/{client_id}/fence"
@@ -505,12 +511,12 @@ class Topics:
 
     @property
     def log_requests(self) -> str:
-        return f"{self.prefix}/nodes/{self.node_id}/logs/request"
+        return self._fleet.log_requests(self.node_id)
 
     def log_replies(self, request_id: str | None) -> str:
         """Where the replies to ``request_id`` go; those to a request without a usable id go under
         :data:`UNNAMED_REQUEST` (docs/protocol.md, Logs on request)."""
-        return f"{self.prefix}/nodes/{self.node_id}/logs/{request_id or UNNAMED_REQUEST}"
+        return self._fleet.log_replies(self.node_id, request_id or UNNAMED_REQUEST)
 
     def execution_of_desired(self, topic: str) -> str | None:
         """The execution segment of a desired topic of this node, or None if the topic is not one."""

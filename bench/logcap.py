@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,18 @@ def measure(
     rotation_done = threading.Event()
     if kind == "segments":
         logs.prepare(directory)
-        command = ["/bin/sh", _supervisor_script(), str(directory), "1", str(max_bytes), str(keep), "0", "0"]
+        nofile = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        command = [
+            "/bin/sh",
+            _supervisor_script(),
+            str(directory),
+            "1",
+            nofile,
+            str(max_bytes),
+            str(keep),
+            "0",
+            "0",
+        ]
         stderr_name = None
     elif kind == "copytruncate":
         command = ["sh", "-c", f'exec "$@" >>{directory}/stdout.log', "sh"]

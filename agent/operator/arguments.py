@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from agent.names import id_problem
+from agent.protocol import DEFAULT_TAIL_BYTES, MAX_TAIL_BYTES
 
 DEFAULT_WAIT_S = 300.0
 
@@ -168,6 +169,45 @@ def add_results(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="unpack an s3 result here (default ./EXECUTION); credentials: publishers.s3 of --config, "
         "or the AWS environment",
+    )
+    _connection(parser)
+
+
+def _tail_bytes(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of bytes") from None
+    if not 0 <= count <= MAX_TAIL_BYTES:
+        raise argparse.ArgumentTypeError(f"{value!r}: the tail is 0 to {MAX_TAIL_BYTES} bytes (1 MiB)")
+    return count
+
+
+def add_logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("execution", type=_id, metavar="EXECUTION")
+    parser.add_argument(
+        "--node", type=_id, help="the node the execution is on (default: found by its status)"
+    )
+    parser.add_argument("--stderr", action="store_true", help="the workload's stderr instead of its stdout")
+    parser.add_argument(
+        "--tail",
+        type=_tail_bytes,
+        default=DEFAULT_TAIL_BYTES,
+        metavar="BYTES",
+        help=f"how much of the end to print first (default {DEFAULT_TAIL_BYTES}, at most {MAX_TAIL_BYTES})",
+    )
+    parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print what the workload writes until it ends (an hour at most); Ctrl-C stops",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the node may take to answer (default 10)",
     )
     _connection(parser)
 

@@ -18,6 +18,7 @@ from agent.operator.delete import delete
 from agent.operator.errors import OperatorError
 from agent.operator.get import get, job
 from agent.operator.live import events, watch
+from agent.operator.logs import logs
 from agent.operator.nodes import nodes
 from agent.operator.results import results
 
@@ -34,9 +35,10 @@ COMMANDS: dict[str, Command] = {
     "cordon": cordon,
     "uncordon": uncordon,
     "results": results,
+    "logs": logs,
 }
 # Following a stream has no result to lose: Ctrl-C is how it normally ends.
-ENDED_BY_CTRL_C = frozenset({"watch", "events"})
+ENDED_BY_CTRL_C = frozenset({"watch", "events", "logs"})
 
 
 def run_command(args: argparse.Namespace) -> int:
