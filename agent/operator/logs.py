@@ -29,8 +29,8 @@ CANCEL_WAIT_S = 2.0  # after Ctrl-C: how long the agent's last reply may take
 
 
 async def logs(args: argparse.Namespace, target: Target) -> int:
+    node = args.node or await _node_of(target, args.execution)
     async with connect(target) as session:
-        node = args.node or await _node_of(session, args.execution)
         request_id = f"cli-{uuid.uuid4().hex[:16]}"
         replies = session.topics.log_replies(node, request_id)
         await session.subscribe(replies)
@@ -53,9 +53,9 @@ async def logs(args: argparse.Namespace, target: Target) -> int:
     return EXIT_OK
 
 
-async def _node_of(session: Session, execution_id: str) -> str:
-    views = await execution_statuses(session, ANY, execution_id)
-    nodes = sorted({v.node_id for v in views})
+async def _node_of(target: Target, execution_id: str) -> str:
+    snapshot = await execution_statuses(target, ANY, execution_id)
+    nodes = sorted({v.node_id for v in snapshot.ordered()})
     if not nodes:
         raise OperatorError(f"no execution {execution_id!r} on any node (give --node to ask one directly)")
     if len(nodes) > 1:
