@@ -330,6 +330,8 @@ def _whole_characters(data: bytes) -> bytes:
 def _text_within(raw: bytes) -> tuple[str, bytes]:
     """The text of ``raw`` (bad bytes replaced) and the bytes it came from, cut so that its UTF-8 holds at
     most :data:`REPLY_DATA_BYTES` (a replacement character takes 3 bytes for the 1 it replaces)."""
+    if len(raw) <= REPLY_DATA_BYTES and raw.isascii():
+        return raw.decode("ascii"), raw  # most logs: one byte a character, nothing to measure again
     while True:
         text = raw.decode("utf-8", errors="replace")
         if len(text.encode()) <= REPLY_DATA_BYTES or len(raw) <= 1:
