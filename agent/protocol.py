@@ -454,7 +454,7 @@ class FleetTopics:
         return f"{self.prefix}/nodes/{node_id}/control"
 
     def log_requests(self, node_id: str) -> str:
-        return f"{self.prefix}/nodes/{node_id}/logs/request"
+        return f"{self.prefix}/nodes/{node_id}/logs/{REQUEST_LEAF}"
 
     def log_replies(self, node_id: str, request_id: str) -> str:
         return f"{self.prefix}/nodes/{node_id}/logs/{request_id}"
@@ -535,10 +535,22 @@ LOG_STREAMS = ("stdout", "stderr")
 # The reply topic of a request whose request_id is missing or cannot name a topic: the one reply it gets
 # (an error) must go somewhere a requester watching ``logs/+`` sees it.
 UNNAMED_REQUEST = "invalid"
+# The last segment of the request topic. Replies go to logs/<request_id>, so this one cannot be a request
+# id: its replies would land on the request topic and come back as requests, a loop without end.
+REQUEST_LEAF = "request"
+
+
+def _check_request_id(value: str) -> str:
+    if value == REQUEST_LEAF:
+        raise ValueError(f"{value!r} names the request topic itself (replies go to logs/<request_id>)")
+    return value
+
+
+RequestId = Annotated[Id, AfterValidator(_check_request_id)]
 
 
 class LogRequest(_Strict):
-    request_id: Id
+    request_id: RequestId
     execution_id: Id
     stream: Literal["stdout", "stderr"] = "stdout"
     tail_bytes: Annotated[StrictInt, Field(ge=0, le=MAX_TAIL_BYTES)] = DEFAULT_TAIL_BYTES
@@ -547,7 +559,7 @@ class LogRequest(_Strict):
 
 
 class LogCancel(_Strict):
-    request_id: Id
+    request_id: RequestId
     cancel: Literal[True]
 
 
@@ -580,7 +592,8 @@ def parse_log_request(payload: bytes, max_bytes: int) -> LogRequest | LogCancel 
 
 def _usable_request_id(raw: Any) -> str | None:
     request_id = raw.get("request_id") if isinstance(raw, dict) else None
-    return request_id if isinstance(request_id, str) and id_problem(request_id) is None else None
+    usable = isinstance(request_id, str) and id_problem(request_id) is None and request_id != REQUEST_LEAF
+    return request_id if usable else None
 
 
 # --- Time and JSON --------------------------------------------------------------------------------------
