@@ -35,6 +35,9 @@ shift 7
 # so the bound holds and the workload never blocks on its output while the agent is down. Offsets are
 # zero-padded so that the glob lists segments oldest first.
 segments() { # STREAM OFFSET
+	# Its tools from the usual places first: the workload's spec may set a PATH of its own (this runs in
+	# a subshell forked after the workload, so the workload keeps the PATH its spec asked for).
+	PATH=/usr/bin:/bin:$PATH
 	s=$1
 	pos=$2
 	while :; do
