@@ -466,6 +466,55 @@ async def test_node_2_can_neither_ask_for_node_1s_logs_nor_read_its_replies(tls_
         assert [m.json()["request_id"] for m in node_1.messages] == ["r1"]
 
 
+@needs_tools
+async def test_node_2_cannot_read_node_1s_logs_from_a_real_agent(
+    tls_broker: TlsBroker, state_dir: Path
+) -> None:
+    """End to end with logs on request: node-1's agent answers the orchestrator over TLS and the ACL;
+    node-2 receives none of the replies, and its own request for node-1's logs never reaches the agent."""
+    config = config_for(tls_broker, state_dir, "node-1", **tls_broker.agent_mqtt("node-1"))
+    secret = "secret log line of node-1"
+    command = ["sh", "-c", f"echo '{secret}'; exec sleep 300"]
+    async with (
+        TlsProbe(tls_broker, "orchestrator") as orchestrator,
+        TlsProbe(tls_broker, "node-2") as node_2,
+        running_agent(config),
+    ):
+        await orchestrator.subscribe(f"{PREFIX}/+/logs/+")
+        await orchestrator.subscribe(status_topic("node-1", "web"))
+        for topic_filter in (f"{PREFIX}/node-1/logs/+", f"{PREFIX}/node-1/logs/#", f"{PREFIX}/+/logs/+", "#"):
+            with contextlib.suppress(aiomqtt.MqttError):
+                await node_2.subscribe(topic_filter)
+        await orchestrator.publish(
+            desired_topic("node-1", "web"), desired("web", command=command), retain=True
+        )
+        await StatusLog(orchestrator, "node-1", "web").wait_state("running")
+        # node-2 asks first: its requests are dropped by the broker, so the agent never answers them.
+        for qos in (0, 1):
+            forged = {"request_id": f"forged-{qos}", "execution_id": "web", "tail_bytes": 1024}
+            await node_2.publish(logs_topic("node-1", "request"), forged, qos=qos)
+        asked = {"request_id": "r1", "execution_id": "web", "tail_bytes": 1024}
+        await orchestrator.publish(logs_topic("node-1", "request"), asked, qos=1)
+        reply = await orchestrator.wait_for(
+            lambda m: m.topic == logs_topic("node-1", "r1") and m.json()["eof"] is True, what="node-1's reply"
+        )
+        replies = [m.json() for m in orchestrator.messages if m.topic == logs_topic("node-1", "r1")]
+        assert secret in "".join(r["data"] for r in replies), replies
+        assert reply.json()["error"] is None
+        # The fence for node-2: a message it may read (its own log request topic), behind node-1's replies.
+        await node_2.subscribe(logs_topic("node-2", "request"))
+        await orchestrator.publish(logs_topic("node-2", "request"), {"request_id": "fence"}, qos=1)
+        await node_2.wait_for(lambda m: m.topic == logs_topic("node-2", "request"), what="node-2's fence")
+        assert from_node(node_2, "node-1") == []
+        # Behind the reply to r1 nothing came for node-2's requests: the agent's replies go out in order.
+        await orchestrator.publish(logs_topic("node-1", "request"), {**asked, "request_id": "r2"}, qos=1)
+        await orchestrator.wait_for(
+            lambda m: m.topic == logs_topic("node-1", "r2") and m.json()["eof"] is True,
+            what="the fence reply",
+        )
+        assert not [m for m in orchestrator.messages if "/logs/forged" in m.topic]
+
+
 def connect_and_vanish(broker: TlsBroker, name: str, client_id: str, will_topic: str, will: bytes) -> None:
     """Connect as ``name`` with a retained QoS 1 will, then drop the connection as a crash does.
 
