@@ -93,5 +93,6 @@ trap : USR2
 timer=$!
 wait "$out" "$err"
 kill -s KILL "$timer" 2>/dev/null
+rm -f "$d/stdout.fifo" "$d/stderr.fifo" # opened by all who use them: the names only get in a copy's way
 printf '%s\n' "$code" >"$d/exit-$n.tmp" && sync "$d/exit-$n.tmp" && mv -f "$d/exit-$n.tmp" "$d/exit-$n" && sync "$d"
 exit "$code"

@@ -8,6 +8,7 @@ The workload writes in bursts that the test releases one at a time, so each list
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from pathlib import Path
 
@@ -173,3 +174,34 @@ async def test_the_bound_holds_and_the_workload_writes_on_while_the_agent_is_dow
         done = await log.wait_state("completed")
         assert done["run_output"]["exit_code"] == 0
         assert done["run_output"]["stdout"].endswith("done")
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE_NODE = "fixture-node"  # the node id tests/fixtures/make_fixture.py makes its fixtures with
+
+
+async def test_an_agent_reads_the_run_directories_of_format_2(
+    broker: Broker, probe: Probe, tmp_path: Path
+) -> None:
+    """tests/fixtures/supervisor-format-2 (make_fixture.py, after format 2): tails and logs on request."""
+    state_dir = tmp_path / "state"
+    shutil.copytree(FIXTURES / "supervisor-format-2", state_dir)
+    replies = f"reconcile/v1/nodes/{FIXTURE_NODE}/logs/+"
+    await probe.subscribe(replies)
+    window = StatusLog(probe, FIXTURE_NODE, "window")
+    await probe.subscribe(window.topic)
+    async with running_agent(config_for(broker, state_dir, node_id=FIXTURE_NODE)):
+        ended = await window.wait_state("failed")  # killed while the agent was away: 137 from exit-1
+        assert ended["run_output"]["exit_code"] == 137
+        for request_id, execution, stream, text in (
+            ("done-out", "done", "stdout", "done\n"),
+            ("failed-err", "failed", "stderr", "oops\n"),
+        ):
+            request = {"request_id": request_id, "execution_id": execution, "stream": stream}
+            await probe.publish(f"reconcile/v1/nodes/{FIXTURE_NODE}/logs/request", request)
+            last = await probe.wait_for(
+                lambda m, r=request_id: m.topic.endswith(f"/logs/{r}") and m.json()["eof"], what=request_id
+            )
+            got = [m.json() for m in probe.messages_on(last.topic)]
+            assert "".join(r["data"] for r in got) == text
+            assert got[0]["offset"] == 0
