@@ -27,6 +27,8 @@ async def test_a_failed_update_says_it_rolled_back_and_what_runs_now(
         assert (await cli("apply", web1, "--wait", *broker_args(broker))).code == 0
         update = document("node-1", "web-2", FAILING, update_strategy=strategy)
         update["previous_execution_id"] = "web-1"
+        # A window far longer than the workload lives: it fails before it is stable however loaded the machine.
+        update["spec"]["validation"] = {"window_s": 60.0, "deadline_s": 120.0}
         web2 = write_yaml(tmp_path / "web-2.yaml", update)
         result = await cli("apply", web2, "--wait", *broker_args(broker))
         as_json = await cli(
