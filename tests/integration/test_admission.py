@@ -117,7 +117,8 @@ async def test_a_full_node_can_be_updated_and_rolls_back_a_failed_update(
         await wait_rejected(watching, NODE, "x", "node is full: max_executions 1", mark)
         # A failed update of n rolls back to n as usual, on a node that stays full.
         mark = watching.mark()
-        failing = desired("m", command=["sh", "-c", "exit 3"]) | {"previous_execution_id": "n"}
+        # A window it never lives through: m fails before it is stable, however loaded the machine.
+        failing = desired("m", command=["sh", "-c", "exit 3"], window_s=20) | {"previous_execution_id": "n"}
         await watching.publish(desired_topic(NODE, "m"), failing, retain=True)
         await StatusLog(watching, NODE, "m").wait_state("failed", after=mark)
         back = await stable(watching, "n", mark)
