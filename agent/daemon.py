@@ -134,7 +134,6 @@ class Agent:
         )
         self.metrics = Metrics(
             config.node_id,
-            self.topics,
             Sources(
                 counts=self.runtime.counts,
                 connected=self.link.connected.is_set,
@@ -144,6 +143,7 @@ class Agent:
         )
         self.metrics_endpoint = Endpoint(self.metrics)
         self.runtime.observers.append(self.metrics.observe_decision)
+        self.runtime.node_event_observers.append(self.metrics.observe_node_event)
         self.link.on_published.append(self.metrics.observe_published)
         self.notifier = SystemdNotifier.from_environment()
         loops: list[tuple[str, Coroutine[Any, Any, None]]] = [

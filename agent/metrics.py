@@ -3,18 +3,16 @@
 Owns the agent's series. Every agent has its own :class:`CollectorRegistry`, so two agents in one
 process (the tests) never share a series. What can be read at any moment (executions per observed state,
 outbox depth, broker link) is computed at scrape time from :class:`Sources`, a few narrow functions; what
-happens (transitions, restarts, rollbacks, rejections, lost workloads, desired-to-status latency) is
-counted from the runtime's committed decisions and from what the broker acknowledges. It reads nothing
-else: not the store, the link or the runtime themselves, and it serves no HTTP.
+happens (transitions, restarts, rollbacks, rejections, lost workloads) is counted from the runtime's
+committed decisions and the node events it queues, and the desired-to-status latency from the decision
+time the outbox rows the broker acknowledges carry. It reads nothing else: not the store, the link or the
+runtime themselves, no payload, and it serves no HTTP.
 
 See docs/metrics.md for every series, /healthz and the choices made here.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter as Tally
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -28,11 +26,10 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.core.actions import EmitEvent, PublishStatus
-from agent.core.events import DesiredReceived
 from agent.core.model import Absent, Execution
 from agent.outbox import Message
-from agent.protocol import OBSERVED_STATES, Topics
-from agent.runtime import Decided
+from agent.protocol import OBSERVED_STATES
+from agent.runtime import Decision
 
 log = structlog.get_logger("agent.metrics")
 
@@ -41,9 +38,8 @@ ABSENT = "absent"  # the pseudo-state of an execution the agent does not (or no 
 # Seconds from a desired document's decision to the broker's acknowledgement of its first status: a few
 # milliseconds normally, up to a broker outage when the status waited in the outbox.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
-MAX_AWAITING = 10_000  # statuses waited for at once; past it the oldest are dropped (unmeasured)
 
-# Event documents (type -> counter attribute) counted when a decision emits them.
+# Event documents (type -> counter attribute) counted when a decision emits them or the node queues them.
 _COUNTED_EVENTS = {
     "restart": "restarts",
     "rollback": "rollbacks",
@@ -67,7 +63,7 @@ def _state_of(state: Execution | Absent) -> str:
     return state.state_type if isinstance(state, Execution) else ABSENT
 
 
-def transitions_of(decided: Decided) -> list[tuple[str, str]]:
+def transitions_of(decided: Decision) -> list[tuple[str, str]]:
     """The observed-state changes one decision made, in order, intermediate states included.
 
     A decision may pass through several states (``absent -> pending -> starting`` for a new execution),
@@ -116,9 +112,8 @@ class _Live(Collector):
 
 
 class Metrics:
-    def __init__(self, node_id: str, topics: Topics, sources: Sources) -> None:
+    def __init__(self, node_id: str, sources: Sources) -> None:
         self.node_id = node_id
-        self.topics = topics
         self.sources = sources
         self.log = log.bind(node=node_id)
         self.registry = CollectorRegistry()
@@ -158,82 +153,44 @@ class Metrics:
         )
         registry.register(_Live(sources))
         ProcessCollector(registry=registry)
-        # (status topic, revision) -> decision time, for statuses made by a desired document and not yet out.
-        self._awaiting: OrderedDict[tuple[str, int], float] = OrderedDict()
-        self._awaiting_topics: Tally[str] = Tally()
 
     # --- counting ----------------------------------------------------------------------------------
 
-    def observe_decision(self, decided: Decided) -> None:
+    def observe_decision(self, decided: Decision) -> None:
         """Called by the runtime after every committed decision. Never raises."""
         try:
             self._count(decided)
         except Exception:
             self.log.exception("metrics: cannot count a decision", execution=decided.execution_id)
 
-    def _count(self, decided: Decided) -> None:
+    def _count(self, decided: Decision) -> None:
         for before, after in transitions_of(decided):
             self.transitions.labels(before, after).inc()
         for action in decided.actions:
             if isinstance(action, EmitEvent):
-                counter = _COUNTED_EVENTS.get(str(action.document.get("type")))
-                if counter is not None:
-                    getattr(self, counter).inc()
-        if isinstance(decided.event, DesiredReceived):
-            first = next(
-                (
-                    a
-                    for a in decided.actions
-                    if isinstance(a, PublishStatus) and a.execution_id == decided.execution_id
-                ),
-                None,
-            )
-            if first is not None:
-                self._await(self.topics.status(first.execution_id), first.revision, decided.at)
+                self._count_event(str(action.document.get("type")))
 
-    def _await(self, topic: str, revision: int, at: float) -> None:
-        if (topic, revision) in self._awaiting:  # revisions never repeat; be safe all the same
-            return
-        self._awaiting[(topic, revision)] = at
-        self._awaiting_topics[topic] += 1
-        while len(self._awaiting) > MAX_AWAITING:
-            (old_topic, _), _ = self._awaiting.popitem(last=False)
-            self._forget_topic(old_topic)
+    def observe_node_event(self, event_type: str) -> None:
+        """Called by the runtime with each node event it queued: a rejection of a document on a bad topic
+        is one, made outside the lifecycle (no decision). Never raises."""
+        try:
+            self._count_event(event_type)
+        except Exception:
+            self.log.exception("metrics: cannot count a node event", type=event_type)
 
-    def _forget_topic(self, topic: str) -> None:
-        self._awaiting_topics[topic] -= 1
-        if self._awaiting_topics[topic] <= 0:
-            del self._awaiting_topics[topic]
+    def _count_event(self, event_type: str) -> None:
+        counter = _COUNTED_EVENTS.get(event_type)
+        if counter is not None:
+            getattr(self, counter).inc()
 
     def observe_published(self, messages: list[Message]) -> None:
         """Called by the MQTT link with what the broker just acknowledged. Never raises."""
         try:
             for message in messages:
-                self._published(message)
+                if message.decided_at is not None:  # the first status of a desired document
+                    self.desired_to_status.observe(max(0.0, self.sources.now() - message.decided_at))
         except Exception:
             self.log.exception("metrics: cannot count published messages")
-
-    def _published(self, message: Message) -> None:
-        if not message.payload:
-            return
-        if message.topic == self.topics.events:
-            # Rejections of a desired document on a bad topic are node events: they are queued outside the
-            # lifecycle (no decision), so they are counted here, once the broker has them.
-            if b"desired_rejected" in message.payload:
-                document = json.loads(message.payload)
-                if document.get("type") == "desired_rejected" and document.get("execution_id") is None:
-                    self.rejections.inc()
-            return
-        if message.topic not in self._awaiting_topics:
-            return
-        revision = json.loads(message.payload).get("revision")
-        if not isinstance(revision, int):
-            return
-        at = self._awaiting.pop((message.topic, revision), None)
-        if at is None:
-            return
-        self._forget_topic(message.topic)
-        self.desired_to_status.observe(max(0.0, self.sources.now() - at))
 
     # --- health ------------------------------------------------------------------------------------
 

@@ -19,6 +19,11 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    # On the first status answering a desired document: the wall time it was decided, so what the broker
+    # acknowledges tells the desired-to-status latency (agent/metrics.py) without reading the payload. In
+    # memory only (agent/store.py keeps it beside the row, not in it): a lost figure after a restart costs
+    # less than a schema change. Not part of what a message is on the wire, so not compared.
+    decided_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -71,20 +71,8 @@ EFFECT_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
-class Decided:
-    """One committed decision, as observers (metrics) see it."""
-
-    execution_id: str
-    event: Event
-    before: Execution | Absent
-    after: Execution | Absent
-    actions: list[Action]
-    at: float  # the runtime clock's wall time of the decision
-
-
-@dataclass(frozen=True)
 class Decision:
-    """What :func:`decide` made of one event, not yet committed."""
+    """What :func:`decide` made of one event; observers (metrics) are handed it once it is committed."""
 
     execution_id: str
     event: Event
@@ -105,6 +93,15 @@ class Decision:
     @property
     def tells(self) -> list[Tell]:
         return [a for a in self.actions if isinstance(a, Tell)]
+
+    @property
+    def answer(self) -> PublishStatus | None:
+        """The first status a desired document produced: the desired-to-status latency ends when the broker
+        has it (agent/metrics.py), so its outbox row carries the time of this decision."""
+        if not isinstance(self.event, DesiredReceived):
+            return None
+        statuses = (a for a in self.actions if isinstance(a, PublishStatus))
+        return next((s for s in statuses if s.execution_id == self.execution_id), None)
 
 
 class Runtime:
@@ -139,7 +136,9 @@ class Runtime:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
-        self.observers: list[Callable[[Decided], None]] = []
+        self.observers: list[Callable[[Decision], None]] = []
+        # Called with the type of every node event once it is queued (metrics); the same rules.
+        self.node_event_observers: list[Callable[[str], None]] = []
 
     def start(self) -> None:
         """Load the stored executions, move them to this boot if the machine rebooted, and refuse to go on
@@ -194,6 +193,8 @@ class Runtime:
             self.log.error("cannot queue a node event; dropped", type=event_type, error=str(exc))
             return
         self.outbox.changed()
+        for observer in self.node_event_observers:
+            observer(event_type)
 
     async def run(self, after: asyncio.Event | None = None) -> None:
         """Decide events for ever, once ``after`` is set if given (queued events wait for it)."""
@@ -308,7 +309,7 @@ class Runtime:
                 return None
             return self.store.commit(
                 decision.rejected_only or decision.after,
-                [m for a in decision.actions if (m := self._message(a)) is not None],
+                self._messages(decision),
                 [(t.execution_id, mailbox.encode(t.event)) for t in decision.tells],
                 consumed=mail_seq,
             )
@@ -352,16 +353,8 @@ class Runtime:
         return None if before == after else (before, after)
 
     def _observe(self, decision: Decision) -> None:
-        decided = Decided(
-            decision.execution_id,
-            decision.event,
-            decision.before,
-            decision.after,
-            decision.actions,
-            self.clock.now(),
-        )
         for observer in self.observers:
-            observer(decided)
+            observer(decision)
 
     def _log_transition(self, decision: Decision, bound: FilteringBoundLogger) -> None:
         transition = self._transition(decision)
@@ -387,10 +380,16 @@ class Runtime:
             # Without its probe a run never passes validation: its deadline fails it, so it cannot hang.
             self.log.exception("cannot start or stop a probe", execution=state.execution_id)
 
-    def _message(self, action: Action) -> Message | None:
+    def _messages(self, decision: Decision) -> list[Message]:
+        answer = decision.answer
+        at = None if answer is None else self.clock.now()
+        messages = (self._message(a, at if a is answer else None) for a in decision.actions)
+        return [m for m in messages if m is not None]
+
+    def _message(self, action: Action, decided_at: float | None = None) -> Message | None:
         match action:
             case PublishStatus(execution_id=eid, document=document):
-                return Message(self.topics.status(eid), dumps(document), retain=True)
+                return Message(self.topics.status(eid), dumps(document), retain=True, decided_at=decided_at)
             case ClearStatus(execution_id=eid):
                 return Message(self.topics.status(eid), b"", retain=True)
             case EmitEvent(document=document):

@@ -31,6 +31,9 @@ from agent.outbox import Message, Queued
 
 log = structlog.get_logger("agent.store")
 CONTROL_KEY = "control"
+# Decision times kept beside outbox rows at once (agent/outbox.py Message.decided_at): past it the oldest
+# are dropped and their statuses go unmeasured, so a long broker outage cannot grow the agent unbounded.
+MAX_STAMPS = 10_000
 
 
 class StoreError(Exception):
@@ -54,6 +57,11 @@ class Store:
     def __init__(self, path: Path, node_id: str) -> None:
         self.path = path
         self._acknowledged = 0  # outbox rows up to here are published, even if their delete failed
+        # Decision times of outbox rows by seq, in seq order, kept in memory (Message.decided_at says why);
+        # those queued in the open transaction wait in _stamping until it commits, as a rolled-back seq
+        # is given again to the next row.
+        self._stamps: dict[int, float] = {}
+        self._stamping: list[tuple[int, float]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(path.with_suffix(".lock"))
         try:
@@ -139,7 +147,12 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            stamping, self._stamping = self._stamping, []
         self._db.execute("COMMIT")
+        self._stamps.update(stamping)
+        while len(self._stamps) > MAX_STAMPS:
+            del self._stamps[next(iter(self._stamps))]
 
     def load(self) -> dict[str, Execution]:
         """Every execution the agent accepted; the never-accepted stay on disk (:meth:`never_accepted`).
@@ -293,10 +306,15 @@ class Store:
             raise StoreError(f"{self.path}: cannot consume message {seq}: {exc}") from exc
 
     def enqueue(self, messages: Iterable[Message]) -> None:
-        self._db.executemany(
-            "INSERT INTO outbox (topic, payload, retain) VALUES (?, ?, ?)",
-            ((m.topic, m.payload, int(m.retain)) for m in messages),
-        )
+        """Queue ``messages`` inside the open transaction. One insert each, not executemany: a stamped
+        message needs its seq, which only a single insert tells."""
+        for m in messages:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (topic, payload, retain) VALUES (?, ?, ?)",
+                (m.topic, m.payload, int(m.retain)),
+            )
+            if m.decided_at is not None and cursor.lastrowid is not None:
+                self._stamping.append((cursor.lastrowid, m.decided_at))
 
     def queue(self, messages: Iterable[Message]) -> None:
         """Queue messages that belong to no execution (events of the node itself)."""
@@ -327,12 +345,15 @@ class Store:
             (start, limit),
         )
         return [
-            Queued(seq, Message(topic, bytes(payload), bool(retain))) for seq, topic, payload, retain in rows
+            Queued(seq, Message(topic, bytes(payload), bool(retain), self._stamps.get(seq)))
+            for seq, topic, payload, retain in rows
         ]
 
     def acknowledge(self, upto_seq: int) -> None:
         """Forget every queued message up to and including ``upto_seq``: the broker has them."""
         self._acknowledged = max(self._acknowledged, upto_seq)
+        while self._stamps and next(iter(self._stamps)) <= self._acknowledged:
+            del self._stamps[next(iter(self._stamps))]
         # A full disk can refuse even a delete. The rows stay, skipped from memory, and are deleted with the
         # next acknowledgement; only a crash meanwhile republishes them, as exact copies.
         # Not fsync'd (synchronous=NORMAL for this one commit): losing it only republishes exact copies, and

@@ -25,7 +25,7 @@ from agent.metrics import Metrics, Sources, transitions_of
 from agent.metrics_http import Endpoint
 from agent.outbox import Message
 from agent.protocol import OBSERVED_STATES, Accepted, ObservedState, Topics, dumps, parse_desired
-from agent.runtime import Decided
+from agent.runtime import Decision
 
 NODE = "node-1"
 TOPICS = Topics("reconcile/v1", NODE)
@@ -114,7 +114,7 @@ def metrics_of(agent: Any) -> Metrics:
         outbox_depth=agent.store.depth,
         now=agent.runtime.clock.now,
     )
-    return Metrics(agent.config.node_id, agent.topics, sources)
+    return Metrics(agent.config.node_id, sources)
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -157,10 +157,20 @@ def execution(execution_id: str, state_type: str, revision: int = 1) -> Executio
     )
 
 
-def real_decision(state: Execution | Absent, event: Any, at: float = 990.0) -> Decided:
+def real_decision(state: Execution | Absent, event: Any, at: float = 990.0) -> Decision:
     """A decision made by the real (pure) lifecycle, as the runtime hands it to its observers."""
     new, actions = decide(state, event, Now(at, at))
-    return Decided(state.execution_id, event, state, new, actions, at)
+    return Decision(state.execution_id, event, state, new, actions)
+
+
+def status_messages(decided: Decision, at: float) -> list[Message]:
+    """The status rows of ``decided`` as the publisher reports them acknowledged: the runtime stamps the
+    one answering a desired document (Decision.answer) with the time it was decided."""
+    return [
+        Message(TOPICS.status(a.execution_id), dumps(a.document), True, at if a is decided.answer else None)
+        for a in decided.actions
+        if isinstance(a, PublishStatus)
+    ]
 
 
 def test_a_new_execution_counts_every_intermediate_state() -> None:
@@ -181,14 +191,14 @@ def test_no_change_of_state_counts_no_transition() -> None:
     before = execution("web", "running", revision=4)
     after = before.model_copy(update={"revision": 5})
     document = status_document(after)
-    decided = Decided("web", TimerFired("probe"), before, after, [PublishStatus("web", 5, document)], 1.0)
+    decided = Decision("web", TimerFired("probe"), before, after, [PublishStatus("web", 5, document)])
     assert transitions_of(decided) == []
 
 
 def test_deletion_ends_in_absent() -> None:
     before = execution("web", "stopped", revision=3)
     after = Absent(execution_id="web", node_id=NODE, revision=3)
-    decided = Decided("web", DesiredDeleted(), before, after, [], 1.0)
+    decided = Decision("web", DesiredDeleted(), before, after, [])
     assert transitions_of(decided) == [("stopped", "absent")]
 
 
@@ -209,7 +219,7 @@ def test_events_are_counted_by_type() -> None:
         emit("restart"),
         emit("something_new"),  # unknown types are not counted anywhere, and do not break counting
     ]
-    metrics.observe_decision(Decided("web", ProcessExited(1, 3), before, after, actions, 1.0))
+    metrics.observe_decision(Decision("web", ProcessExited(1, 3), before, after, actions))
     samples = scrape(metrics)
     assert value(samples, "reconcile_agent_restarts_total") == 2
     assert value(samples, "reconcile_agent_lost_total") == 1
@@ -220,11 +230,15 @@ def test_events_are_counted_by_type() -> None:
     )
 
 
-def test_node_level_rejections_are_counted_when_published() -> None:
+def test_node_level_rejections_are_counted_when_queued() -> None:
     metrics = metrics_of(fake_agent())
     node_rejection = event_document("desired_rejected", NODE, None, 1.0, generation=None, reason="bad topic")
     execution_rejection = event_document("desired_rejected", NODE, "web", 1.0, generation=2, reason="bad")
     started = event_document("agent_started", NODE, None, 1.0)
+    # The runtime tells the types of the node events it queues (the rejection on a bad topic, the start).
+    metrics.observe_node_event("desired_rejected")
+    metrics.observe_node_event("agent_started")
+    # What the broker then acknowledges counts nothing more.
     metrics.observe_published(
         [
             Message(TOPICS.events, dumps(node_rejection), retain=False),
@@ -247,15 +261,11 @@ def test_desired_to_status_is_measured_to_the_first_acknowledged_revision() -> N
     metrics.observe_decision(decided)
     statuses = [a for a in decided.actions if isinstance(a, PublishStatus)]
     assert [s.revision for s in statuses] == [1, 2]
-    topic = TOPICS.status("web")
+    assert decided.answer is statuses[0]
+    first, second = status_messages(decided, at=999.75)
     # The broker acknowledges revision 1 (with the node status riding along), then revision 2.
-    metrics.observe_published(
-        [
-            Message(topic, dumps(statuses[0].document), retain=True),
-            Message(TOPICS.node_status, b"{}", retain=True),
-        ]
-    )
-    metrics.observe_published([Message(topic, dumps(statuses[1].document), retain=True)])
+    metrics.observe_published([first, Message(TOPICS.node_status, b"{}", retain=True)])
+    metrics.observe_published([second])
     samples = scrape(metrics)
     assert value(samples, "reconcile_agent_desired_to_status_seconds_count") == 1
     assert value(samples, "reconcile_agent_desired_to_status_seconds_sum") == pytest.approx(0.25)
@@ -268,16 +278,17 @@ def test_other_events_do_not_start_the_latency_clock() -> None:
     before = execution("web", "validating", revision=3)
     after = execution("web", "running", revision=4)
     document = status_document(after)
-    metrics.observe_decision(
-        Decided("web", TimerFired("window"), before, after, [PublishStatus("web", 4, document)], 1.0)
-    )
-    metrics.observe_published([Message(TOPICS.status("web"), dumps(document), retain=True)])
+    decided = Decision("web", TimerFired("window"), before, after, [PublishStatus("web", 4, document)])
+    metrics.observe_decision(decided)
+    assert decided.answer is None
+    metrics.observe_published(status_messages(decided, at=999.75))
     assert value(scrape(metrics), "reconcile_agent_desired_to_status_seconds_count") == 0
 
 
 def test_a_broken_observation_is_logged_not_raised() -> None:
     metrics = metrics_of(fake_agent())
-    metrics.observe_published([Message(TOPICS.events, b"{not json desired_rejected", retain=False)])
+    broken_row: Any = SimpleNamespace(decided_at="not a time")
+    metrics.observe_published([broken_row])
     broken: Any = SimpleNamespace(execution_id="web", actions=None, before=None, after=None, event=None)
     metrics.observe_decision(broken)
 
