@@ -98,7 +98,9 @@ async def test_metrics_follow_the_workloads_and_the_broker(
         # One workload running, one crashing until its restarts run out, one unreadable document, and one
         # document on a topic whose execution id is not a valid name (a node-level rejection).
         await watching.publish(desired_topic(NODE, "web"), desired("web", command=sleeper()), retain=True)
-        crash = desired("crash", command=["sh", "-c", "exit 3"], policy="on-failure")
+        # A window far longer than the workload lives: each attempt fails before it is stable, however
+        # loaded the machine (a 0.2 s window let 'sh -c exit 3' pass validation and restart for ever).
+        crash = desired("crash", command=["sh", "-c", "exit 3"], window_s=20.0, policy="on-failure")
         await watching.publish(desired_topic(NODE, "crash"), crash, retain=True)
         await watching.publish(desired_topic(NODE, "rej"), b"{not json", retain=True)
         await watching.publish(desired_topic(NODE, "bad$id"), desired("x", command=sleeper()), retain=True)
@@ -246,7 +248,10 @@ async def test_a_rollback_is_counted(broker: Broker, watching: Probe, state_dir:
         await wait_until(running.metrics_endpoint.serving.is_set, 10, what="metrics serving")
         await watching.publish(desired_topic(NODE, "v1"), desired("v1", command=sleeper()), retain=True)
         await StatusLog(watching, NODE, "v1").wait_state("running")
-        update = desired("v2", command=["sh", "-c", "exit 1"]) | {"previous_execution_id": "v1"}
+        # Fails before it is stable however loaded the machine (the window outlives it by far).
+        update = desired("v2", command=["sh", "-c", "exit 1"], window_s=20.0) | {
+            "previous_execution_id": "v1"
+        }
         await watching.publish(desired_topic(NODE, "v2"), update, retain=True)
         await StatusLog(watching, NODE, "v2").wait_state("failed")
         await StatusLog(watching, NODE, "v1").wait(
