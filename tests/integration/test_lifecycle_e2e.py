@@ -264,7 +264,8 @@ async def test_a_restart_resumes_exactly_where_the_agent_was(
         )
         await watching.publish(
             desired_topic(NODE, "looping"),
-            desired("looping", command=["sh", "-c", "exit 9"], **crash),
+            # A window far longer than it lives: it fails in validation, however slowly the exit is reported.
+            desired("looping", command=["sh", "-c", "exit 9"], window_s=30, **crash),
             retain=True,
         )
         await done.wait_state("completed")

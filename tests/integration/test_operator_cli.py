@@ -170,7 +170,11 @@ async def test_apply_waits_until_stable_and_a_second_apply_bumps_the_generation(
 async def test_apply_of_a_failing_workload_exits_non_zero(
     broker: Broker, state_dir: Path, tmp_path: Path
 ) -> None:
-    path = write_yaml(tmp_path / "bad.yaml", document("node-1", "bad-1", ["sh", "-c", "exit 3"], job="bad"))
+    # A window far longer than the workload lives: it fails in validation however slowly its exit is
+    # reported on a loaded machine (a crash ends the window at once, so this is no slower).
+    validation = {"window_s": 30.0, "deadline_s": 60.0}
+    bad = document("node-1", "bad-1", ["sh", "-c", "exit 3"], job="bad", validation=validation)
+    path = write_yaml(tmp_path / "bad.yaml", bad)
     async with running_agent(config_for(broker, state_dir)):
         result = await cli("apply", path, "--wait", "-o", "json", *broker_args(broker))
     assert result.code == 1, result.output
