@@ -44,6 +44,7 @@ from agent.probes import Prober
 from agent.protocol import Topics, rfc3339
 from agent.results.publishers import Publishers
 from agent.results.s3 import environment_has_credentials
+from agent.resync import Resync
 from agent.runtime import Runtime
 from agent.store import Store, StoreError
 from agent.systemd import SystemdNotifier
@@ -119,6 +120,13 @@ class Agent:
             password=config.mqtt_password(),
             tls_context=tls_context(config),
         )
+        self.resync = Resync(
+            settings=settings,
+            topics=self.topics,
+            instance_id=self.store.instance_id,
+            runtime=self.runtime,
+            intake=self.intake.on_message,
+        )
         self.link = MqttLink(
             settings=settings,
             instance_id=self.store.instance_id,
@@ -126,9 +134,11 @@ class Agent:
             store=self.store,
             outbox=self.outbox,
             node_status=self.node_status,
-            on_message=self.intake.on_message,
+            on_message=self.resync.on_message,
             log_replies=self.logs.replies,
         )
+        self.link.on_connect.append(self.resync.connected)
+        self.link.on_connect.append(self._republish_unless)
         self.capacity = CapacityWatch(
             lambda: measure(config.state_dir), lambda: self.outbox.changed(node_status=True)
         )
@@ -151,6 +161,7 @@ class Agent:
             # no other agent acts for this node id; the watchdog and the rest run meanwhile.
             ("runtime", self.runtime.run(after=self.link.checked)),
             ("mqtt", self.link.run()),
+            ("resync", self.resync.run()),
             ("capacity", self.capacity.run()),
             ("log-requests", self.logs.run()),
             (
@@ -197,6 +208,10 @@ class Agent:
             execution.process is not None and execution.process.attempt == execution.attempt
         )
         return LogSource(self.runtime.executor.run_dir(execution_id), execution.attempt, running)
+
+    def _republish_unless(self, session_present: bool) -> None:
+        if not session_present:
+            self.runtime.republish()
 
     def node_status(self, state: str) -> dict[str, Any]:
         return {

@@ -52,6 +52,22 @@ BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 15.0
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, keeping what it drops: whether the broker still had our session (CONNACK).
+
+    aiomqtt 2.x (pinned) takes the CONNACK in ``_on_connect`` and throws its flags away; this override is
+    the one place that reads them.
+    """
+
+    session_present: bool = False
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
+        self.session_present = bool(getattr(flags, "session_present", False))
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+
 class MqttLink:
     def __init__(
         self,
@@ -80,22 +96,26 @@ class MqttLink:
         # Called with what was just acknowledged by the broker (metrics); must be quick and not raise.
         self.on_published: list[Callable[[list[Message]], None]] = []
         self._status_dirty_since: float | None = None  # loop time the node status was first seen dirty
+        # Called on every connection, once subscribed, with whether the broker still had our session
+        # (CONNACK session present); before anything is published on it. Quick, and must not raise.
+        self.on_connect: list[Callable[[bool], None]] = []
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.checked = asyncio.Event()  # no other agent acts for this node id (agent/identity.py)
         self.connected = asyncio.Event()
         self.first_attempt = asyncio.Event()  # the first connection attempt has been made (either way)
         self.log = log.bind(node=topics.node_id)
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _Client:
         will = aiomqtt.Will(self.topics.node_status, dumps(self._node_status("offline")), qos=1, retain=True)
-        client = aiomqtt.Client(
+        client = _Client(
             **self._settings, will=will, clean_session=False, max_inflight_messages=PUBLISH_WINDOW
         )
         # aiomqtt logs "There are N pending publish calls" for each publish past its threshold (10): a
         # full window is the design here, not a sign of trouble. Subscribes add at most two, log replies
         # their own few.
         client.pending_calls_threshold = PUBLISH_WINDOW + 2 + LOG_REPLIES_IN_FLIGHT
-        return acknowledge_at_once(client)
+        acknowledge_at_once(client)  # the same client, its socket rearmed
+        return client
 
     async def run(self) -> None:
         """Check that this agent is alone, then stay connected forever; each broker outage is logged once
@@ -166,7 +186,11 @@ class MqttLink:
                     )
                 self.connected.set()
                 self.first_attempt.set()
-                self.log.info("connected", subscribed=self.topics.desired_filter)
+                self.log.info(
+                    "connected", subscribed=self.topics.desired_filter, session_present=client.session_present
+                )
+                for observer in self.on_connect:
+                    observer(client.session_present)
                 async with asyncio.TaskGroup() as loops:
                     loops.create_task(self._receive(client), name="mqtt-receive")
                     loops.create_task(self._publish(client), name="mqtt-publish")

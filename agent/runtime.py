@@ -53,7 +53,7 @@ from agent.core.events import (
 from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.reboot import after_reboot
-from agent.core.status import event_document
+from agent.core.status import event_document, status_document
 from agent.executors.process import ProcessExecutor, SpawnError
 from agent.inbox import ControlDelivery, Inbox
 from agent.outbox import Message, Outbox
@@ -195,6 +195,23 @@ class Runtime:
         self.outbox.changed()
         for observer in self.node_event_observers:
             observer(event_type)
+
+    def republish(self) -> None:
+        """The broker has no session for us, and may have lost our retained statuses with it: queue an exact
+        copy of every execution's last status (same revision, same bytes), after whatever waits in the
+        outbox, and the node status. An execution not published since the store kept copies (schema 5)
+        is republished as its stored state renders."""
+        copies = self.store.retained()
+        for execution_id, execution in self.executions.items():
+            copies.setdefault(self.topics.status(execution_id), dumps(status_document(execution)))
+        try:
+            self.store.queue(Message(topic, payload, retain=True) for topic, payload in copies.items())
+        except StoreError as exc:
+            self.log.error("cannot queue the statuses to republish", error=str(exc))
+        self.outbox.changed(node_status=True)
+        self.log.info(
+            "the broker had no session for this agent: republishing every status", statuses=len(copies)
+        )
 
     async def run(self, after: asyncio.Event | None = None) -> None:
         """Decide events for ever, once ``after`` is set if given (queued events wait for it)."""

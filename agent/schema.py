@@ -76,11 +76,22 @@ def _never_accepted_table(db: sqlite3.Connection, at: Moment) -> None:
     )
 
 
+def _retained_table(db: sqlite3.Connection, at: Moment) -> None:
+    """Version 5: the last retained payload queued per topic, to republish exact copies.
+
+    A broker that lost the agent's session may have lost its retained messages too (docs/protocol.md,
+    "A broker without our session"). Rows come as statuses are queued; an execution with no row yet
+    (not published since the upgrade) is republished as its stored state renders.
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, Moment], None], ...] = (
     _tables,
     _deadlines_on_the_boot_clock,
     _instance_id,
     _never_accepted_table,
+    _retained_table,
 )
 VERSION = len(MIGRATIONS)
 

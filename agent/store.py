@@ -308,6 +308,7 @@ class Store:
     def enqueue(self, messages: Iterable[Message]) -> None:
         """Queue ``messages`` inside the open transaction. One insert each, not executemany: a stamped
         message needs its seq, which only a single insert tells."""
+        messages = list(messages)
         for m in messages:
             cursor = self._db.execute(
                 "INSERT INTO outbox (topic, payload, retain) VALUES (?, ?, ?)",
@@ -315,9 +316,24 @@ class Store:
             )
             if m.decided_at is not None and cursor.lastrowid is not None:
                 self._stamping.append((cursor.lastrowid, m.decided_at))
+        # The copy to republish when the broker has lost it; an empty retained payload clears the topic.
+        kept = [m for m in messages if m.retain]
+        self._db.executemany(
+            "INSERT INTO retained (topic, payload) VALUES (?, ?) "
+            "ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload",
+            ((m.topic, m.payload) for m in kept if m.payload),
+        )
+        self._db.executemany(
+            "DELETE FROM retained WHERE topic = ?", ((m.topic,) for m in kept if not m.payload)
+        )
+
+    def retained(self) -> dict[str, bytes]:
+        """The last retained payload queued per topic (cleared topics have none): what the broker should hold."""
+        rows = self._db.execute("SELECT topic, payload FROM retained ORDER BY topic")
+        return {str(topic): bytes(payload) for topic, payload in rows}
 
     def queue(self, messages: Iterable[Message]) -> None:
-        """Queue messages that belong to no execution (events of the node itself)."""
+        """Queue messages outside a decision (events of the node itself, copies to republish)."""
         try:
             with self._transaction():
                 self.enqueue(messages)

@@ -28,6 +28,11 @@ class DesiredDeleted:
 
 
 @dataclass(frozen=True)
+class DesiredMissing:
+    """A snapshot of the retained desired documents proved this execution's absent (agent/resync.py)."""
+
+
+@dataclass(frozen=True)
 class ProcessStarted:
     ref: ProcessRef
 
@@ -149,6 +154,7 @@ Mail = HandOver | Released | SuccessorStable | RollbackFrom | RolledBack
 
 Event = (
     ProbeResult
+    | DesiredMissing
     | HandOver
     | Released
     | SuccessorStable

@@ -15,6 +15,7 @@ from agent.core.actions import Signal
 from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
+    DesiredMissing,
     DesiredReceived,
     DesiredRejected,
     Event,
@@ -69,10 +70,8 @@ def decide(state: Execution | Absent, event: Event, now: Now) -> Decision:
         return _decide_absent(state, event, now)
     step = Step.of(state, now)
     match event:
-        case DesiredReceived(document=document, digest=digest):
-            _on_desired(step, document, digest)
-        case DesiredRejected():
-            _on_rejected(step, event)
+        case DesiredReceived() | DesiredRejected() | DesiredMissing():
+            _on_document(step, event)
         case DesiredDeleted():
             if not state.active:
                 return forget(step)
@@ -266,6 +265,45 @@ def _previous_of(state: Execution, document: DesiredDocument) -> str | None:
     if document.previous_execution_id is not None or not state.started_once:
         return document.previous_execution_id
     return state.previous_execution_id
+
+
+# --- A desired document gone from the broker (docs/protocol.md, "Desired documents gone missing") ---------
+# Absence is no deletion: a broker restarted without persistence has lost every retained message, and an
+# agent that stopped its workloads for that would turn a broker incident into an outage. So the execution
+# is kept as it is, and marked, with an event, until the orchestrator deletes it or restores its document.
+MISSING = "desired_missing_since"
+
+
+def _on_document(step: Step, event: DesiredReceived | DesiredRejected | DesiredMissing) -> None:
+    if isinstance(event, DesiredMissing):
+        _missing(step)
+        return
+    _restored(step)
+    if isinstance(event, DesiredReceived):
+        _on_desired(step, event.document, event.digest)
+    else:
+        _on_rejected(step, event)
+
+
+def _missing(step: Step) -> None:
+    state = step.state
+    if state.deleting or MISSING in state.details:
+        return  # its deletion is under way (no document is what that looks like), or already marked
+    step.set_detail(MISSING, step.at())
+    step.emit(
+        "desired_missing",
+        reason="no retained desired document on the broker; kept running as it is until it is deleted "
+        "(an empty retained payload) or published again",
+    )
+
+
+def _restored(step: Step) -> None:
+    """Any retained payload under the topic, good or bad, ends the mark: the document is there again."""
+    since = step.state.details.get(MISSING)
+    if since is None:
+        return
+    step.set_detail(MISSING, None)
+    step.emit("desired_restored", missing_since=since)
 
 
 def _on_desired(step: Step, document: DesiredDocument, digest: str) -> None:

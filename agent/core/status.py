@@ -56,7 +56,9 @@ def status_view(execution: Execution | None) -> dict[str, Any] | None:
 
 
 # The events the lifecycle emits about one execution (docs/protocol.md, Events); the runtime emits node events.
-ExecutionEventType = Literal["lost", "restart", "rollback", "desired_rejected"]
+ExecutionEventType = Literal[
+    "lost", "restart", "rollback", "desired_rejected", "desired_missing", "desired_restored"
+]
 
 
 def event_document(
