@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import leftovers
+from tests.support.broker import Broker
 from tests.support.mqtt import Probe
 
 
@@ -36,3 +37,16 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
         # Workloads outlive the agent by design, so a test must stop them itself.
         leftovers.kill(leftovers.workloads_under(tmp_path))
         leftovers.remove_cgroups(path)
+
+
+@pytest.fixture
+def stock(tmp_path: Path) -> Iterator[Broker]:
+    """A stock mosquitto (its defaults: per-client queues of 1000 + 20 in flight, no persistence)."""
+    broker = Broker(tmp_path / "stock-broker", stock=True)
+    if broker.kind != "mosquitto":
+        pytest.skip("needs mosquitto: the per-client queue limits under test are mosquitto's")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,6 @@ from tests.support.broker import Broker
 PREFIX = "reconcile/v1"
 NODES = 10
 PER_NODE = 1000  # 10,000 in all: ten times what one QoS 1 subscription is served
-
-
-@pytest.fixture
-def stock(tmp_path: Path) -> Iterator[Broker]:
-    broker = Broker(tmp_path / "stock-broker", stock=True)
-    if broker.kind != "mosquitto":
-        pytest.skip("needs mosquitto: the per-client queue limits are mosquitto's")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def status(node: str, execution: str, job: str, revision: int = 3) -> dict[str, Any]:

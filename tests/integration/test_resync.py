@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import resource
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from agent.core.lifecycle import MISSING
+from tests.integration.test_fleet_view import publish_all
 from tests.support.agent import (
     config_for,
     desired,
@@ -39,26 +37,6 @@ NODE = "node-1"
 MANY = 2000  # twice what the broker queues for the agent while it is away
 
 
-@pytest.fixture
-def stock(tmp_path: Path) -> Iterator[Broker]:
-    broker = Broker(tmp_path / "stock-broker", stock=True)
-    if broker.kind != "mosquitto":
-        pytest.skip("needs mosquitto: the queue limits under test are mosquitto's")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-async def publish_retained(broker: Broker, documents: dict[str, bytes]) -> None:
-    """Retained desired documents, fast: QoS 0 in a loop, then one QoS 1 publish (all in once acked)."""
-    async with aiomqtt.Client(broker.host, broker.port, identifier=f"orch-{uuid.uuid4().hex[:8]}") as client:
-        for topic, payload in documents.items():
-            await client.publish(topic, payload, qos=0, retain=True)
-        await client.publish("test/sync", b"", qos=1)
-
-
 @pytest.mark.timeout(600)
 async def test_two_thousand_documents_published_while_the_agent_was_stopped_are_all_acted_on(
     stock: Broker, state_dir: Path
@@ -77,7 +55,7 @@ async def test_two_thousand_documents_published_while_the_agent_was_stopped_are_
             ).encode()
             for i in range(MANY)
         }
-        await publish_retained(stock, documents)
+        await publish_all(stock, list(documents.items()))
         async with Probe(stock.host, stock.port) as probe, running_agent(config) as agent:
             await probe.subscribe(node_topic(NODE), qos=0)
 
@@ -85,7 +63,10 @@ async def test_two_thousand_documents_published_while_the_agent_was_stopped_are_
                 counts = node_counts(probe, NODE)
                 return counts.get("validating", 0) + counts.get("running", 0) == MANY
 
-            await wait_until(up, timeout=300, what=f"all {MANY} validating or running")
+            try:
+                await wait_until(up, timeout=300, what=f"all {MANY} validating or running")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; node counts {node_counts(probe, NODE)}") from exc
             assert agent.resync.passes >= 1
             assert len(agent.runtime.executions) == MANY
             assert all(e.generation == 1 for e in agent.runtime.executions.values())
