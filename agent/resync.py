@@ -42,6 +42,10 @@ INTERVAL_S = 300.0  # slow: a pass of 2000 documents costs the broker and the ag
 RETRY_S = 15.0  # after a pass that failed or could not be sure
 SURE_BELOW = 1000  # fewer messages than the smallest per-client queue of the common brokers: never cut
 FILTERS_PER_PACKET = 100
+# Each acknowledgement of a pass may wait this long: not the client's 10 s, which a loop busy with a
+# thousand new executions (the very case a resync is for) overruns; only an overflowing broker, which
+# drops the acknowledgement, makes a pass wait it out.
+ACK_TIMEOUT_S = 60.0
 TOPICS_PER_PASS = SURE_BELOW - 1
 
 
@@ -163,8 +167,9 @@ async def read_pass(settings: dict[str, Any], filters: Sequence[str], fence: str
     async with aiomqtt.Client(**settings, clean_session=True) as client:
         try:
             for start in range(0, len(filters), FILTERS_PER_PACKET):
-                await client.subscribe([(f, 0) for f in filters[start : start + FILTERS_PER_PACKET]])
-            await client.subscribe(fence, qos=0)
+                chunk = filters[start : start + FILTERS_PER_PACKET]
+                await client.subscribe([(f, 0) for f in chunk], timeout=ACK_TIMEOUT_S)
+            await client.subscribe(fence, qos=0, timeout=ACK_TIMEOUT_S)
             fenced = True
         except aiomqtt.MqttError:
             fenced = False  # the broker dropped an acknowledgement: its queue to us was full, so it cut
