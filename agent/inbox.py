@@ -42,3 +42,10 @@ class Inbox:
 
     async def get(self) -> Delivery | ControlDelivery:
         return await self._queue.get()
+
+    async def next_group(self, limit: int) -> list[Delivery | ControlDelivery]:
+        """The next event (waiting for one) and those queued behind it, ``limit`` at most, in order."""
+        group: list[Delivery | ControlDelivery] = [await self._queue.get()]
+        while len(group) < limit and not self._queue.empty():
+            group.append(self._queue.get_nowait())
+        return group

@@ -16,8 +16,9 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -49,6 +50,17 @@ def _lock(path: Path) -> int:
         os.close(fd)
         raise StoreError(f"{path}: another agent is already running with this state directory") from None
     return fd
+
+
+@dataclass(frozen=True)
+class Change:
+    """One decision as the store records it: the execution's new state (None when it changed nothing but
+    answered mail), its outbox messages, its mail to other executions, and the mail it answered."""
+
+    state: Execution | NeverAccepted | Absent | None
+    messages: Sequence[Message] = ()
+    mail: Sequence[tuple[str, str]] = ()
+    consumed: int | None = None
 
 
 class Store:
@@ -227,30 +239,48 @@ class Store:
         ``consumed`` is the mail this decision answered, deleted in the same transaction, so a message
         between executions is acted on exactly once whatever crashes.
         """
+        return self.commit_all([Change(state, tuple(messages), tuple(mail), consumed)])[0]
+
+    def commit_all(self, changes: Sequence[Change]) -> list[list[int]]:
+        """Commit several decisions in one transaction, so one fsync makes them all durable (group
+        commit): all of them or, on an error, none. The sequence numbers of each one's mail, in order."""
         try:
             with self._transaction():
-                if consumed is not None:
-                    self._db.execute("DELETE FROM mail WHERE seq = ?", (consumed,))
-                sent = [
-                    int(
-                        self._db.execute(
-                            "INSERT INTO mail (execution_id, event) VALUES (?, ?)", (recipient, event)
-                        ).lastrowid
-                        or 0
-                    )
-                    for recipient, event in mail
-                ]
-                rejected_only = self._put(state)
-                self._db.execute(
-                    "INSERT INTO revisions (execution_id, revision) VALUES (?, ?) "
-                    "ON CONFLICT (execution_id) DO UPDATE SET revision = max(revision, excluded.revision)",
-                    (state.execution_id, state.revision),
-                )
-                self.enqueue(messages)
+                sent = [self._apply(change) for change in changes]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot record {state.execution_id!r}: {exc}") from exc
-        self.never_accepted_count += rejected_only  # only once the transaction holds
-        return sent
+            names = ", ".join(repr(c.state.execution_id) for c in changes[:3] if c.state is not None)
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            raise StoreError(
+                f"{self.path}: cannot record {names or 'a consumed message'}{more}: {exc}"
+            ) from exc
+        self.never_accepted_count += sum(added for _, added in sent)  # only once the transaction holds
+        return [seqs for seqs, _ in sent]
+
+    def _apply(self, change: Change) -> tuple[list[int], int]:
+        """One decision inside the transaction: its mail's sequence numbers, and the change in the number
+        of never-accepted executions."""
+        if change.consumed is not None:
+            self._db.execute("DELETE FROM mail WHERE seq = ?", (change.consumed,))
+        state = change.state
+        if state is None:
+            return [], 0
+        sent = [
+            int(
+                self._db.execute(
+                    "INSERT INTO mail (execution_id, event) VALUES (?, ?)", (recipient, event)
+                ).lastrowid
+                or 0
+            )
+            for recipient, event in change.mail
+        ]
+        rejected_only = self._put(state)
+        self._db.execute(
+            "INSERT INTO revisions (execution_id, revision) VALUES (?, ?) "
+            "ON CONFLICT (execution_id) DO UPDATE SET revision = max(revision, excluded.revision)",
+            (state.execution_id, state.revision),
+        )
+        self.enqueue(change.messages)
+        return sent, rejected_only
 
     def _put(self, state: Execution | NeverAccepted | Absent) -> int:
         """Keep ``state`` in its table and in no other (inside a transaction); the change in the number
