@@ -409,6 +409,8 @@ class Runtime:
     def _sampled(self, state: Execution, event: Event) -> Execution:
         """``state`` with a fresh usage sample of its workload's cgroup, so whatever the decision
         publishes carries one (a few small reads; nothing without a cgroup)."""
+        if isinstance(event, ProcessStarted) and event.usage is not None:
+            return state.replace(usage=event.usage)  # sampled by the spawn, off the loop
         ref = event.ref if isinstance(event, ProcessStarted) else state.process
         try:
             usage = None if ref is None else self.executor.usage(ref, self.clock.now())
@@ -493,7 +495,7 @@ class Runtime:
 
     async def _spawn(self, spawn: Spawn) -> None:
         try:
-            ref = await self.executor.spawn(spawn.execution_id, spawn.attempt, spawn.spec)
+            spawned = await self.executor.launch(spawn.execution_id, spawn.attempt, spawn.spec)
         except SpawnError as exc:
             self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, str(exc)))
             return
@@ -504,8 +506,8 @@ class Runtime:
             self.log.exception("spawn failed unexpectedly", execution=spawn.execution_id)
             self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, f"{type(exc).__name__}: {exc}"))
             return
-        self.submit(spawn.execution_id, ProcessStarted(ref))
-        await self._watch(spawn.execution_id, ref)
+        self.submit(spawn.execution_id, ProcessStarted(spawned.ref, spawned.usage))
+        await self._watch(spawn.execution_id, spawned.ref)
 
     async def _publish(self, publish: Publish) -> None:
         eid = publish.execution_id

@@ -35,6 +35,7 @@ class DesiredMissing:
 @dataclass(frozen=True)
 class ProcessStarted:
     ref: ProcessRef
+    usage: Usage | None = None  # its cgroup's, sampled as it started (the decision publishes it)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import signal as signals
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,6 +55,9 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PID_FILE_SLACK_S = 0.05
 WATCH_POLL_MIN_S = 0.05  # a workload watched without a pidfd is polled, backing off to once a second
 WATCH_POLL_MAX_S = 1.0
+# Spawns in flight at once. Each thread mostly waits (fork/exec, then the supervisor's pid on a pipe), so
+# a few overlap well on any machine; more would only queue on the GIL and the disk.
+SPAWN_THREADS = 4
 FD_RESERVE = 128  # descriptors never spent on pidfds: sockets, the store, /proc reads, spawns, probes  # wall-clock start times are only as fine as a clock tick
 
 
@@ -73,6 +77,12 @@ class Outcome:
     exit_code: int | None
     stdout: Tail
     stderr: Tail
+
+
+@dataclass(frozen=True)
+class Spawned:
+    ref: ProcessRef
+    usage: Usage | None  # its cgroup's, right after the spawn; None without a cgroup
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ class ProcessExecutor:
         # The limit the latest spawn failed on, until one succeeds (set from the spawning thread).
         self.limit_reached: LimitReached | None = None
         self._pidfds = 0  # held by watches now
+        self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="spawn")
 
     def run_dir(self, execution_id: str) -> Path:
         return self.root / dir_name(execution_id)
@@ -166,16 +177,24 @@ class ProcessExecutor:
     # --- start ------------------------------------------------------------------------------------
 
     async def spawn(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
-        # fork/exec from the event loop thread stalls it under load (cpython#146181): use a worker thread.
-        return await asyncio.to_thread(self._spawn, execution_id, attempt, spec)
+        return (await self.launch(execution_id, attempt, spec)).ref
 
-    def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
+    async def launch(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
+        """Spawn, and sample the new attempt's usage on the way (off the event loop, where the decision
+        that follows would otherwise read it)."""
+        # fork/exec from the event loop thread stalls it under load (cpython#146181): worker threads of
+        # the executor's own, so a burst of spawns neither waits behind nor starves other thread work.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._spawner, self._spawn, execution_id, attempt, spec)
+
+    def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
         try:
-            return self._start(execution_id, attempt, spec)
+            ref = self._start(execution_id, attempt, spec)
         except SpawnError:
             raise
         except Exception as exc:  # the contract: whatever goes wrong, the caller gets a SpawnError
             raise SpawnError(f"cannot start the workload: {type(exc).__name__}: {exc}") from exc
+        return Spawned(ref, self.usage(ref, time.time()))
 
     def _start(self, execution_id: str, attempt: int, spec: Spec) -> ProcessRef:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | spec.env
@@ -489,6 +508,7 @@ class ProcessExecutor:
 
     def release(self) -> None:
         """On a clean exit: remove this agent's workloads cgroup if no workload is left in it."""
+        self._spawner.shutdown(wait=False, cancel_futures=True)
         if self.containment.workloads is not None:
             cgroups.release(self.containment.workloads)
 
