@@ -16,17 +16,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import boto3
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
 from agent.protocol import PublishedResults, ResultsMetadata, S3Location, S3Publisher
 from agent.results.errors import PublishError
 from agent.results.pack import Packed
 
 if TYPE_CHECKING:
+    from botocore.exceptions import BotoCoreError, ClientError
     from mypy_boto3_s3 import S3Client
+
+# boto3 and botocore are imported where they are used, not with this module: importing them costs about
+# 0.3 s of CPU and 20 MB, at every start of every agent, most of which never publish to S3 (PLC0415).
 
 Credentials = tuple[str, str]  # access key id, secret access key
 CONNECT_TIMEOUT_S = 10
@@ -40,6 +39,8 @@ _FINAL_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "AllAccessDisable
 
 def environment_has_credentials() -> bool:
     """Whether boto3's standard chain finds credentials here (environment, shared files, ...)."""
+    import botocore.session  # noqa: PLC0415
+
     return botocore.session.Session().get_credentials() is not None
 
 
@@ -63,6 +64,8 @@ class S3Uploader:
 
     def upload(self, packed: Packed, publisher: S3Publisher, key: str) -> PublishedResults:
         """Put the archive under ``key`` unless it is there already; raises :class:`PublishError`."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
         client = self._client(publisher)
         bucket = publisher.bucket
         try:
@@ -99,6 +102,9 @@ class S3Uploader:
 
 def make_client(endpoint: str | None, region: str, credentials: Credentials | None) -> S3Client:
     """A client for ``endpoint`` (None: AWS) with explicit credentials, or the standard chain's."""
+    import boto3  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
+
     session = boto3.session.Session(
         aws_access_key_id=credentials[0] if credentials else None,
         aws_secret_access_key=credentials[1] if credentials else None,
@@ -120,6 +126,8 @@ def make_client(endpoint: str | None, region: str, credentials: Credentials | No
 
 def _existing_version(client: S3Client, bucket: str, key: str, packed: Packed) -> str | None:
     """The version id ("" when unversioned) of this very archive if it is already under ``key``."""
+    from botocore.exceptions import ClientError  # noqa: PLC0415
+
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -136,6 +144,8 @@ def _existing_version(client: S3Client, bucket: str, key: str, packed: Packed) -
 
 def error_of(exc: BotoCoreError | ClientError, publisher: S3Publisher) -> PublishError:
     """A reason an operator can act on, and whether trying again may help."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError  # noqa: PLC0415
+
     where = publisher.endpoint or "AWS S3"
     if isinstance(exc, NoCredentialsError):
         return PublishError("no S3 credentials found on this node", retryable=False)
