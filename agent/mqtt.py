@@ -45,6 +45,7 @@ log = structlog.get_logger("agent.mqtt")
 # Unacknowledged publishes at once: enough to keep the link busy through a burst, few enough that a lost
 # connection resends little. paho and aiomqtt are told the same (their defaults: 20 and a warning at 10).
 PUBLISH_WINDOW = 64
+NODE_STATUS_GAP_S = 0.2
 NODE_STATUS_MAX_LAG_S = 1.0
 PUBLISH_TIMEOUT_S = TIMEOUT_S
 LOG_REPLIES_IN_FLIGHT = 8  # log replies unacknowledged at once: few, so statuses keep the window
@@ -99,6 +100,8 @@ class MqttLink:
         # Called on every connection, once subscribed, with whether the broker still had our session
         # (CONNACK session present); before anything is published on it. Quick, and must not raise.
         self.on_connect: list[Callable[[bool], None]] = []
+        self._status_sent_at = float("-inf")  # loop time of the latest node status sent
+        self._status_wake_at = float("-inf")  # loop time the publisher is woken for a node status
         self._closing = False  # once set, nothing may publish `online` again: `offline` is the last word
         self.checked = asyncio.Event()  # no other agent acts for this node id (agent/identity.py)
         self.connected = asyncio.Event()
@@ -288,7 +291,7 @@ class MqttLink:
     def _land(self, window: Window) -> None:
         upto, messages = window.landed()
         if upto is not None:
-            self._store.acknowledge(upto)
+            self._store.acknowledge(upto, now=window.empty)  # through a burst, deleted in bulk
         if messages:
             for observer in self.on_published:
                 observer(messages)
@@ -298,18 +301,27 @@ class MqttLink:
         rows = self._store.pending(room, after=window.last_seq)
         for row in rows:
             window.send(row.seq, row.message, self._send(client, row.message))
-        if not self._outbox.node_status_dirty or self._closing or not window.room:
-            return
-        now = asyncio.get_running_loop().time()
+        if self._outbox.node_status_dirty and not self._closing and window.room:
+            self._node_status_if_due(client, window, caught_up=len(rows) < room)
+
+    def _node_status_if_due(self, client: aiomqtt.Client, window: Window, *, caught_up: bool) -> None:
+        """The node status, after the rows, not among them: its counts then follow the statuses a reader
+        has seen, and it counts every execution, so through a burst it goes once the rows are out and at
+        most every NODE_STATUS_GAP_S; a backlog that never empties still lets it out every
+        NODE_STATUS_MAX_LAG_S (it is also our proof of life)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._status_dirty_since is None:
             self._status_dirty_since = now
-        # After the rows, not among them: its counts then follow the statuses a reader has seen, and
-        # through a burst it goes once, not with every batch (it counts every execution). A backlog that
-        # never empties still lets it out every NODE_STATUS_MAX_LAG_S: it is also our proof of life.
-        if len(rows) == room and now - self._status_dirty_since < NODE_STATUS_MAX_LAG_S:
+        next_at = self._status_sent_at + NODE_STATUS_GAP_S
+        if now - self._status_dirty_since < NODE_STATUS_MAX_LAG_S and (not caught_up or now < next_at):
+            if caught_up and self._status_wake_at < next_at:  # nothing else may wake the publisher
+                self._status_wake_at = next_at
+                loop.call_at(next_at, self._outbox.wake.set)
             return
         self._outbox.node_status_dirty = False
         self._status_dirty_since = None
+        self._status_sent_at = now
         status = Message(self.topics.node_status, dumps(self._node_status("online")), retain=True)
         window.send(None, status, self._send(client, status))
 

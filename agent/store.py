@@ -35,6 +35,7 @@ CONTROL_KEY = "control"
 # Decision times kept beside outbox rows at once (agent/outbox.py Message.decided_at): past it the oldest
 # are dropped and their statuses go unmeasured, so a long broker outage cannot grow the agent unbounded.
 MAX_STAMPS = 10_000
+ACK_DELETE_ROWS = 256  # acknowledged outbox rows deleted together through a burst (Store.acknowledge)
 
 
 class StoreError(Exception):
@@ -74,6 +75,7 @@ class Store:
         # is given again to the next row.
         self._stamps: dict[int, float] = {}
         self._stamping: list[tuple[int, float]] = []
+        self._deleted = 0  # outbox rows up to here are deleted
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(path.with_suffix(".lock"))
         try:
@@ -395,11 +397,16 @@ class Store:
             for seq, topic, payload, retain in rows
         ]
 
-    def acknowledge(self, upto_seq: int) -> None:
-        """Forget every queued message up to and including ``upto_seq``: the broker has them."""
+    def acknowledge(self, upto_seq: int, *, now: bool = True) -> None:
+        """Forget every queued message up to and including ``upto_seq``: the broker has them. Without
+        ``now`` the rows are skipped from memory at once and deleted with a later acknowledgement (at
+        least every ACK_DELETE_ROWS rows): a burst's rows land one PUBACK at a time, and a delete each
+        would be a write of its own each."""
         self._acknowledged = max(self._acknowledged, upto_seq)
         while self._stamps and next(iter(self._stamps)) <= self._acknowledged:
             del self._stamps[next(iter(self._stamps))]
+        if not now and self._acknowledged - self._deleted < ACK_DELETE_ROWS:
+            return
         # A full disk can refuse even a delete. The rows stay, skipped from memory, and are deleted with the
         # next acknowledgement; only a crash meanwhile republishes them, as exact copies.
         # Not fsync'd (synchronous=NORMAL for this one commit): losing it only republishes exact copies, and
@@ -408,6 +415,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._db.execute("DELETE FROM outbox WHERE seq <= ?", (self._acknowledged,))
+                self._deleted = self._acknowledged
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 
