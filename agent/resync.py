@@ -35,6 +35,7 @@ import structlog
 from agent.core.events import DesiredMissing, Event
 from agent.core.model import Execution
 from agent.protocol import Topics
+from agent.tcp import acknowledge_at_once
 
 log = structlog.get_logger("agent.resync")
 
@@ -164,7 +165,9 @@ class Resync:
 async def read_pass(settings: dict[str, Any], filters: Sequence[str], fence: str) -> Pass:
     """The retained messages under ``filters`` (which must not overlap ``fence``), at QoS 0."""
     found: dict[str, bytes] = {}
-    async with aiomqtt.Client(**settings, clean_session=True) as client:
+    # The pass reads on the loop that a burst of new executions keeps busy: read what has arrived in one go
+    # per readable event (agent/tcp.py), or mosquitto's queue to this connection fills and it drops.
+    async with acknowledge_at_once(aiomqtt.Client(**settings, clean_session=True)) as client:
         try:
             for start in range(0, len(filters), FILTERS_PER_PACKET):
                 chunk = filters[start : start + FILTERS_PER_PACKET]

@@ -85,6 +85,15 @@ err=$!
 echo "$child" >"$d/pid-$n"
 wait "$child"
 code=$?
+# A workload that died before it opened both FIFOs (killed right after the spawn) leaves its writer blocked
+# in the open for ever. Opening a FIFO for reading and writing never blocks (Linux): that open lets such a
+# writer's open return, and closing it at once gives the writer its end of stream. Done again after the
+# wait below, for a writer that only reached its open later.
+unblock() {
+	exec 3<>"$d/stdout.fifo" 4<>"$d/stderr.fifo"
+	exec 3>&- 4>&-
+}
+unblock
 # The exit file tells the agent the attempt's output is complete: wait for the writers to reach the end of
 # their streams first, but no more than 2 s (a process the workload left behind may hold them open; the
 # writers then go on without the supervisor).
@@ -93,6 +102,7 @@ trap : USR2
 timer=$!
 wait "$out" "$err"
 kill -s KILL "$timer" 2>/dev/null
+unblock
 rm -f "$d/stdout.fifo" "$d/stderr.fifo" # opened by all who use them: the names only get in a copy's way
 printf '%s\n' "$code" >"$d/exit-$n.tmp" && sync "$d/exit-$n.tmp" && mv -f "$d/exit-$n.tmp" "$d/exit-$n" && sync "$d"
 exit "$code"

@@ -110,6 +110,28 @@ async def test_sigkill_right_after_spawn_is_delivered(executor: ProcessExecutor)
         assert executor.outcome(EID, attempt).exit_code == 128 + 9
 
 
+async def test_a_workload_killed_before_it_opened_its_output_leaves_no_log_writer_behind(
+    executor: ProcessExecutor,
+) -> None:
+    """A workload killed before it opened its FIFOs would leave a log writer blocked in its open for ever."""
+    refs = []
+    for attempt in range(1, 6):
+        ref = await executor.spawn(EID, attempt, spec(["sleep", "300"]))
+        assert executor.signal(ref, "SIGKILL")
+        await finished(executor, ref)
+        refs.append(ref)
+    run_dir = str(executor.root)
+
+    def ours() -> list[str]:
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if any(run_dir in arg for arg in process.info["cmdline"] or []):
+                found.append(" ".join(process.info["cmdline"]))
+        return found
+
+    await wait_until(lambda: not ours(), timeout=10, what=f"no process left in {run_dir}: {ours()}")
+
+
 async def test_wait_returns_after_exit_and_outcome_has_the_exit_code_and_output(
     executor: ProcessExecutor,
 ) -> None:
