@@ -102,9 +102,9 @@ else
     step "pytest (not slow)"
     .venv/bin/pytest
 
-    step "pytest -m slow"
+    step "pytest -m slow (scale tests: ./scripts/test.sh -m scale)"
     rc=0
-    .venv/bin/pytest -m slow || rc=$?
+    .venv/bin/pytest -m "slow and not scale" || rc=$?
     if [[ $rc -eq 5 ]]; then
         echo "(no slow tests collected)"
     elif [[ $rc -ne 0 ]]; then

@@ -50,8 +50,7 @@ def node_status(probe: Probe) -> dict[str, Any]:
     return {}
 
 
-@pytest.mark.slow
-@pytest.mark.slow  # 2000 spawns: minutes on 2 cores, so in the slow step
+@pytest.mark.scale  # 2000 spawns: 10 min and more on 2 cores (pyproject.toml, markers)
 @pytest.mark.timeout(1500)  # 2000 spawns, and their teardown, on a loaded machine
 async def test_2000_workloads_run_under_a_service_soft_limit_and_each_gets_that_soft_limit(
     broker: Broker, probe: Probe, tmp_path: Path, state_dir: Path

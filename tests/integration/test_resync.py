@@ -37,7 +37,7 @@ NODE = "node-1"
 MANY = 2000  # twice what the broker queues for the agent while it is away
 
 
-@pytest.mark.slow  # 2000 spawns: minutes on 2 cores, so in the slow step
+@pytest.mark.scale  # 2000 spawns: 10 min and more on 2 cores (pyproject.toml, markers)
 @pytest.mark.timeout(1500)  # 2000 spawns, and their teardown, on a loaded machine
 async def test_two_thousand_documents_published_while_the_agent_was_stopped_are_all_acted_on(
     stock: Broker, state_dir: Path
