@@ -83,7 +83,11 @@ async def test_a_rollback_waiting_in_the_mailbox_is_delivered_after_a_crash(
             m.payload for m in probe.messages_on(events_topic(NODE)) if m.json()["type"] == "rollback"
         }
     assert back["details"]["rollback"]["from"] == "n"
-    assert StatusLog(probe, NODE, "p").states()[:3] == ["starting", "validating", "running"]
+    # A state can be published twice in a row since issue 12: an exact republish when the broker had no
+    # session, a desired_missing mark when its retained document is absent (this broker never had one).
+    states = StatusLog(probe, NODE, "p").states()
+    steps = [state for i, state in enumerate(states) if i == 0 or state != states[i - 1]]
+    assert steps[:3] == ["starting", "validating", "running"]
     assert StatusLog(probe, NODE, "p").revisions()[0] == p.revision + 1  # continues from the stored mark
     assert told["revision"] == n.revision + 1
     assert len(rollbacks) == 1
