@@ -292,6 +292,10 @@ class MqttLink:
         upto, messages = window.landed()
         if upto is not None:
             self._store.acknowledge(upto, now=window.empty)  # through a burst, deleted in bulk
+        elif window.empty:
+            self._store.acknowledge(
+                0
+            )  # emptied by a publish that is no row (the node status): delete the rest
         if messages:
             for observer in self.on_published:
                 observer(messages)

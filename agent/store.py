@@ -407,6 +407,8 @@ class Store:
             del self._stamps[next(iter(self._stamps))]
         if not now and self._acknowledged - self._deleted < ACK_DELETE_ROWS:
             return
+        if self._acknowledged <= self._deleted:
+            return  # nothing acknowledged since the last delete: no write
         # A full disk can refuse even a delete. The rows stay, skipped from memory, and are deleted with the
         # next acknowledgement; only a crash meanwhile republishes them, as exact copies.
         # Not fsync'd (synchronous=NORMAL for this one commit): losing it only republishes exact copies, and

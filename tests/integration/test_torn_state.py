@@ -218,7 +218,7 @@ async def test_full_disk_delays_but_loses_nothing(broker: Broker, tmp_path: Path
                 desired_topic(NODE, "w0"), desired("w0", 2, "stopped", sleeper()), retain=True
             )
             # The decision cannot be recorded, so it is not acted on: the workload keeps running.
-            agent.wait_logged("cannot record a decision; retrying")
+            agent.wait_logged("cannot record decisions; retrying")
             assert pid_alive(pids["w0"])
             assert agent.proc is not None
             assert agent.proc.poll() is None
