@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from agent import written
+from agent.exec_limits import path_problem
 from agent.labels import labels_problems
 from agent.names import id_problem
 from agent.protocol import DEFAULT_TOPIC_PREFIX
@@ -30,10 +41,21 @@ from agent.reasons import os_reason
 
 ENV_PREFIX = "RECONCILE_"
 ENV_NESTED_DELIMITER = "__"
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file is a page or two; anything past a MiB is not one
+
+
+def _usable(path: Path) -> Path:
+    """Checked here, not when the agent first opens it: a NUL byte or a name past the OS's limits would
+    otherwise pass check-config and fail the running agent with a bare 'embedded null byte'."""
+    problem = path_problem(str(path))
+    if problem is not None:
+        raise ValueError(f"the path {problem}")
+    return path
+
 
 # Models are strict so that `port: "1883"` is an error instead of a silent conversion; paths are the
 # exception because YAML has no path type and a string is the only way to write one.
-ConfigPath = Annotated[Path, Strict(False)]
+ConfigPath = Annotated[Path, Strict(False), AfterValidator(_usable)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -346,42 +368,28 @@ def load_config(path: Path) -> AgentConfig:
         return AgentConfig()
     except ValidationError as exc:
         raise ConfigError(path, _describe_errors(path, exc)) from exc
+    except SettingsError as exc:  # an environment value for a section or a mapping that is no JSON
+        raise ConfigError(path, _describe_environment_error(path, exc)) from exc
     finally:
         _file_values.reset(token)
 
 
-class StrictKeyLoader(yaml.SafeLoader):
-    """Keys must be unique strings.
-
-    PyYAML keeps the last of two equal keys, so a repeated `mqtt:` section would silently drop the first;
-    and a key such as `1:` or `true:` can only be a mistake in this file.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str):
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is not a string", key_node.start_mark
-                )
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+def _describe_environment_error(path: Path, exc: SettingsError) -> str:
+    field = next(iter(re.findall(r'field "([^"]+)"', str(exc))), "")
+    names = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX + field.upper()) and field)
+    where = f" ({', '.join(names)})" if names else ""
+    return (
+        f"{path}: invalid configuration\n"
+        f"  {field or '(environment)'}: the environment override{where} must be a JSON object for this key, "
+        'such as \'{"name": "value"}\''
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"{path}: cannot read the configuration file: {_why(exc)}") from exc
-    try:
-        data = yaml.load(text, Loader=StrictKeyLoader)  # a SafeLoader subclass, so no arbitrary objects
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"{path}: malformed YAML{yaml_where(exc)}") from exc
+        data = written.load(written.read_text(path, MAX_CONFIG_BYTES))
+    except written.Unreadable as exc:
+        raise ConfigError(path, f"{path}: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -391,15 +399,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"not {_kind(data)}",
         )
     return data
-
-
-def yaml_where(exc: yaml.YAMLError) -> str:
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return f": {exc}"
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    what = ", ".join(part for part in (exc.context, exc.problem) if part)
-    return f"{where}: {what}" if what else where
 
 
 def _why(exc: Exception) -> str:

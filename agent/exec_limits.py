@@ -61,19 +61,25 @@ def env_problems(path: str, env: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def working_dir_problem(path: str) -> str | None:
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file for the OS (a NUL byte, too long, a component too long), or None."""
     problem = string_problem(path)
     if problem is not None:
         return problem
     data = path.encode("utf-8", "surrogateescape")
-    if not data.startswith(b"/"):
-        return "must be an absolute path"
     if len(data) + 1 > PATH_MAX:
         return f"is {len(data)} bytes; a path may be at most {PATH_MAX - 1}"
     long = next((c for c in data.split(b"/") if len(c) > NAME_MAX), None)
     if long is not None:
         return f"has a component of {len(long)} bytes; at most {NAME_MAX} are allowed"
     return None
+
+
+def working_dir_problem(path: str) -> str | None:
+    problem = path_problem(path)
+    if problem is None and not path.startswith("/"):
+        return "must be an absolute path"
+    return problem
 
 
 def exec_size(argv: Iterable[str], env: Mapping[str, str]) -> int:

@@ -8,25 +8,20 @@ refuse is refused before anything is published, with the file, the document and 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agent.config import StrictKeyLoader, yaml_where
+from agent import written
 from agent.exit_codes import EXIT_USAGE
 from agent.names import id_problem
 from agent.operator.errors import OperatorError
 from agent.protocol import Rejected, dumps, parse_desired
 
-# The same loader as configuration files: unique string keys, no arbitrary objects.
-from agent.reasons import os_reason
-
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024  # the agent's default limits.max_payload_bytes
-STDIN = "-"
+# Thousands of documents of a few KiB each; past this a path names something else (/dev/zero, a disk image).
+MAX_FILE_BYTES = 64 << 20
+STDIN = written.STDIN
 
 
 @dataclass(frozen=True)
@@ -116,32 +111,27 @@ def _label(path: str) -> str:
 
 def _documents_in(path: str) -> Iterator[object]:
     """The documents of one file: a ``.json`` file as JSON, anything else as (multi-document) YAML."""
-    text = _read(path)
-    if path.endswith(".json"):
-        try:
-            data: object = json.loads(text, object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, _DuplicateKeyError) as exc:
-            raise OperatorError(f"{path}: malformed JSON: {exc}", EXIT_USAGE) from None
-        yield from data if isinstance(data, list) else [data]
-        return
     try:
-        for data in yaml.load_all(text, Loader=StrictKeyLoader):
+        text = written.read_text(path, MAX_FILE_BYTES)
+        if path.endswith(".json"):
+            data = _json(text)
+            yield from data if isinstance(data, list) else [data]
+            return
+        for data in written.load_all(text):
             if data is None:
                 continue  # an empty document, e.g. after a trailing `---`
             yield from data if isinstance(data, list) else [data]
-    except yaml.YAMLError as exc:
-        raise OperatorError(f"{_label(path)}: malformed YAML{yaml_where(exc)}", EXIT_USAGE) from None
+    except written.Unreadable as exc:
+        raise OperatorError(f"{_label(path)}: {exc}", EXIT_USAGE) from None
 
 
-def _read(path: str) -> str:
+def _json(text: str) -> object:
     try:
-        if path == STDIN:
-            return sys.stdin.read()
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise OperatorError(f"{_label(path)}: cannot read: not UTF-8 text", EXIT_USAGE) from None
-    except OSError as exc:
-        raise OperatorError(f"{_label(path)}: cannot read: {os_reason(exc).lower()}", EXIT_USAGE) from None
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, _DuplicateKeyError) as exc:
+        raise written.Unreadable(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise written.Unreadable("malformed JSON: nested too deeply") from None
 
 
 class _DuplicateKeyError(ValueError):
