@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from agent import written
 from agent.exec_limits import path_problem
 from agent.labels import labels_problems
-from agent.names import id_problem
+from agent.names import host_problem, id_problem, topic_prefix_problem
 from agent.protocol import DEFAULT_TOPIC_PREFIX
 from agent.reasons import os_reason
 
@@ -104,12 +104,17 @@ class MqttConfig(BaseModel):
     @field_validator("topic_prefix")
     @classmethod
     def _check_topic_prefix(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty")
-        if "+" in value or "#" in value:
-            raise ValueError(f"{value!r} contains an MQTT wildcard ('+' or '#'); a prefix must be literal")
-        if value.startswith("/") or value.endswith("/"):
-            raise ValueError(f"{value!r} must not start or end with '/'")
+        problem = topic_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        problem = host_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from agent.names import id_problem
+from agent.names import host_problem, id_problem, topic_prefix_problem
 from agent.protocol import DEFAULT_TAIL_BYTES, MAX_TAIL_BYTES
 
 DEFAULT_WAIT_S = 300.0
@@ -48,6 +49,16 @@ def _port(value: str) -> int:
     return port
 
 
+def _checked(problem_of: Callable[[str], str | None]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return check
+
+
 def _connection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("broker (default 127.0.0.1:1883, prefix reconcile/v1)")
     group.add_argument(
@@ -57,9 +68,14 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="an agent configuration file: its mqtt section (host, port, prefix, credentials, TLS) is used",
     )
-    group.add_argument("--host", help="broker host (overrides the config file)")
+    group.add_argument("--host", type=_checked(host_problem), help="broker host (overrides the config file)")
     group.add_argument("--port", type=_port, help="broker port (overrides the config file)")
-    group.add_argument("--topic-prefix", metavar="PREFIX", help="topic prefix (overrides the config file)")
+    group.add_argument(
+        "--topic-prefix",
+        type=_checked(topic_prefix_problem),
+        metavar="PREFIX",
+        help="topic prefix (overrides the config file)",
+    )
 
 
 def _output(parser: argparse.ArgumentParser) -> None:

@@ -549,3 +549,33 @@ def test_bad_labels_and_limits_are_named(tmp_path: Path, text: str, expected: st
 def test_too_many_labels(tmp_path: Path) -> None:
     text = "labels:\n" + "".join(f"  k{i}: v\n" for i in range(65))
     assert "at most 64 labels, not 65" in error_for(write(tmp_path, text)).message
+
+
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("a" * 64 + ".example", "63 between dots"),
+        ("a..b", "63 between dots"),
+        ("broker host", "holds a space"),
+        ("a\x00b", "NUL"),
+    ],
+)
+def test_a_broker_host_the_resolver_cannot_be_asked_for_is_refused_here(
+    tmp_path: Path, host: str, fragment: str
+) -> None:
+    # A label over 63 characters used to surface as a UnicodeError from the MQTT client's resolver.
+    text = f'node_id: n1\nmqtt:\n  host: "{host.encode("unicode_escape").decode()}"\n'
+    message = error_for(write(tmp_path, text)).message
+    assert "mqtt.host" in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "broker.example", "b\u00fccher.example", "localhost."])
+def test_addresses_and_host_names_are_accepted(tmp_path: Path, host: str) -> None:
+    assert load_config(write(tmp_path, f'node_id: n1\nmqtt:\n  host: "{host}"\n')).mqtt.host == host
+
+
+@pytest.mark.parametrize("prefix", ["a/+/b", "#", "/a", "a/", "a\\0b", "p" * 1025])
+def test_a_topic_prefix_that_is_not_one_literal_topic_is_refused(tmp_path: Path, prefix: str) -> None:
+    message = error_for(write(tmp_path, f'node_id: n1\nmqtt:\n  topic_prefix: "{prefix}"\n')).message
+    assert "mqtt.topic_prefix" in message
