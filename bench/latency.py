@@ -28,7 +28,9 @@ itself failed.
 Besides the total, three stages are reported from the status documents' own ``updated_at`` (the agent's
 wall clock, the same host's clock as ours): ``ingress`` publish -> the agent decided ``pending``;
 ``spawn`` that decision -> the agent decided ``validating`` (commit, spawn of the supervisor and the
-workload); ``egress`` that decision -> the ``validating`` status arrived (commit, outbox, broker).
+workload); ``egress`` that decision -> the ``validating`` status arrived (commit, outbox, broker). And
+the way out: the workload's process group killed -> its ended status arrived (the supervisor waiting for
+its log writers and recording the exit, the agent's watch, a commit, the broker).
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ class Sample:
     ingress: float  # publish -> the agent decided pending (wall clocks)
     spawn: float  # the agent decided starting -> decided validating
     egress: float  # the agent decided validating -> validating arrived
+    exit: float  # the workload killed -> its ended status arrived (the supervisor's end of attempt in it)
 
 
 def desired_document(execution_id: str, generation: int = 1) -> dict[str, Any]:
@@ -445,6 +448,7 @@ async def one_sample(
     # Settle: kill the workload, wait until the agent has reported it ended and says it is idle again.
     mark = probe.next_index
     ended = probe.expect(status_of(execution_id, ENDED_STATES), mark)
+    killed = time.perf_counter()
     kill_group(pid)
     end = await wait_for(ended, SETTLE_TIMEOUT_S, f"{execution_id} ended")
     await wait_for(probe.expect(node_idle, end.index), SETTLE_TIMEOUT_S, "the node idle again")
@@ -465,6 +469,7 @@ async def one_sample(
         ingress=pending_at - sent_wall,
         spawn=validating_at - starting_at,
         egress=arrived.wall - validating_at,
+        exit=end.perf - killed,
     )
 
 
@@ -604,6 +609,7 @@ class Result:
             "samples": len(self.samples),
             "desired_to_validating_ms": summary_ms(totals),
             "desired_to_first_status_ms": summary_ms([s.first_status for s in self.samples]),
+            "killed_to_ended_status_ms": summary_ms([s.exit for s in self.samples]),
             "stages_ms": {
                 "ingress": summary_ms([s.ingress for s in self.samples]),
                 "spawn": summary_ms([s.spawn for s in self.samples]),
@@ -661,6 +667,8 @@ def render_run(figures: dict[str, Any]) -> list[str]:
         f"  desired -> validating   median {ms(total['median'])} ms   p90 {ms(total['p90'])} ms"
         f"   min {ms(total['min'])}   max {ms(total['max'])}",
         f"  desired -> first status (pending)   median {ms(first['median'])} ms",
+        f"  workload killed -> ended status   median {ms(figures['killed_to_ended_status_ms']['median'])} ms"
+        f"   p90 {ms(figures['killed_to_ended_status_ms']['p90'])} ms",
         f"  stages (agent clock): ingress {ms(stages['ingress']['median'])}"
         f"  spawn {ms(stages['spawn']['median'])}  egress {ms(stages['egress']['median'])} ms (medians)",
         f"  its floor: supervised {ms(supervised['median'])} ms (2 x mqtt one-way"

@@ -5,16 +5,19 @@
 A workload writes ``--rate-mb`` MB/s (and then as fast as it can) of 64 KiB blocks, then ``end`` with no
 newline, and exits. Each writer is measured on the same workload in the same run:
 
-- ``segments``: the agent's own (agent/executors/supervisor.sh: the workload's FIFO copied by
-  ``stdbuf -o0 head -c`` into segments, the oldest removed before each new one);
+- ``native``: the agent's own (agent/executors/logwriter.c beside supervisor.sh: both FIFOs copied by
+  one small process into segments, the oldest removed before each new one), built here as the agent
+  builds it (skipped without a C compiler);
+- ``segments``: the supervisor's shell writers, its fallback without a compiler (each FIFO copied by
+  ``stdbuf -o0 head -c`` per segment, in a dash loop);
 - ``copytruncate``: the workload appends to a file that ``rotate_forever`` rotates every 5 s (the agent
   before format 2: the baseline);
 - ``s6-log`` and ``svlogd`` (Debian ``s6``, ``runit``), where installed, set to the same bound.
 
 Printed per writer: the peak of the bytes on disk (sampled every 5 ms) against the bound, the rate the
 workload reached, the proportional memory (PSS) of the writer's processes, and whether the log ends with
-the workload's last bytes (``end``) and, for ``segments``, whether the offsets add up to every byte written.
-bench/logs.py prints the ``segments`` line with its follow figures.
+the workload's last bytes (``end``) and, for ``native`` and ``segments``, whether the offsets add up to every
+byte written. bench/logs.py prints those lines with its follow figures.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from agent import streams  # noqa: E402
 from agent.config import WorkloadLogsConfig  # noqa: E402
-from agent.executors import logs  # noqa: E402
+from agent.executors import logs, logwriter  # noqa: E402
 from agent.executors.process import _supervisor_script  # noqa: E402
 
 # Writes RATE bytes/s (0: as fast as it can) for SECONDS, in 64 KiB blocks, then "end" and exits.
@@ -57,6 +60,9 @@ while (now := time.monotonic() - start) < seconds:
 os.write(1, b"end")
 print(sent + 3, time.monotonic() - start, file=sys.stderr)
 """
+
+
+SUPERVISED = ("native", "segments")  # the writers supervisor.sh runs: the agent's
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,13 @@ def measure(
     writer = [sys.executable, "-c", WRITER, str(rate), str(seconds)]
     rotator: threading.Thread | None = None
     rotation_done = threading.Event()
-    if kind == "segments":
+    if kind in SUPERVISED:
+        writer = ""
+        if kind == "native":
+            built = logwriter.build(scratch / "cache")
+            if built is None:
+                return None
+            writer = str(built)
         logs.prepare(directory)
         nofile = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         command = [
@@ -116,6 +128,7 @@ def measure(
             str(keep),
             "0",
             "0",
+            writer,
         ]
         stderr_name = None
     elif kind == "copytruncate":
@@ -155,7 +168,7 @@ def measure(
         for child in psutil.Process(process.pid).children(recursive=True):
             if "python" not in child.name():
                 writer_pss += pss_kib(child.pid)
-    if kind == "segments":
+    if kind in SUPERVISED:
         writer_pss += pss_kib(process.pid)
     _, stderr = process.communicate()
     own.clear()
@@ -164,12 +177,12 @@ def measure(
     rotation_done.set()
     if rotator is not None:
         rotator.join()
-    if kind == "segments":
+    if kind in SUPERVISED:
         report = "".join(p.read_text() for p in sorted(directory.glob("stderr.*.log")))
     else:
         report = stderr.decode()
     sent, elapsed = report.split()
-    if kind == "segments":
+    if kind in SUPERVISED:
         first, data = streams.read_range(directory, "stdout", 0, 1 << 30)
         ends_whole = data.endswith(b"end") and first + len(data) == int(sent)
     else:
@@ -204,7 +217,7 @@ def run(kinds: list[str], rate_mb: float, seconds: float, max_bytes: int, keep: 
                 kind, rate_mb * 1e6, seconds, WorkloadLogsConfig(max_bytes=max_bytes, keep=keep), scratch
             )
             if figure is None:
-                print(f"{kind:13} not installed: skipped")
+                print(f"{kind:13} not installed (or not built): skipped")
                 continue
             print(line(figure, rate_mb), flush=True)
             figures.append(figure)
@@ -220,7 +233,7 @@ def main() -> int:
     parser.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024)
     parser.add_argument("--keep", type=int, default=3)
     args = parser.parse_args()
-    kinds = ["segments", "copytruncate", "s6-log", "svlogd"]
+    kinds = ["native", "segments", "copytruncate", "s6-log", "svlogd"]
     for rate in (args.rate_mb, 0.0):
         run(kinds, rate, args.seconds, args.max_bytes, args.keep)
     return 0

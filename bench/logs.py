@@ -266,7 +266,7 @@ async def main() -> int:
             line += "   (baseline: the same workload, no follow)"
         print(line, flush=True)
     print("log cap at 45 MB/s (bench/logcap.py), bound 10 MiB x (1 + 3):")
-    logcap.run(["segments", "copytruncate"], 45.0, 4.0, 10 * 1024 * 1024, 3)
+    logcap.run(["native", "segments", "copytruncate"], 45.0, 4.0, 10 * 1024 * 1024, 3)
     return 0
 
 

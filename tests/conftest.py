@@ -25,6 +25,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from agent.executors import logwriter  # noqa: E402
 from tests.support import leftovers, programs  # noqa: E402
 from tests.support.broker import Broker, describe_kind  # noqa: E402
 from tests.support.mqtt import Probe  # noqa: E402
@@ -48,7 +49,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         found = f"programs: all {len(programs.PROGRAMS)} the tests run are installed"
     else:
         then = "fail (CI=true)" if programs.in_ci() else "skip"
-        names = ", ".join(f"{p.name} (apt-get install {p.package})" for p in absent)
+        names = ", ".join(f"{p.name} (apt-get install {' '.join(p.packages)})" for p in absent)
         found = f"programs missing: {names}; tests that need them {then}"
     return [f"broker: {describe_kind()}", found]
 
@@ -71,6 +72,31 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def _base_temp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Where every test's tmp_path lives: a process with a file or argument there is the session's."""
     request.config.stash[_BASE_TEMP] = tmp_path_factory.getbasetemp()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _writer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache of the native log writer for the session (agent/executors/logwriter.py): every agent a
+    test starts, in this process or another, finds it built instead of compiling it for its own state."""
+    cache = tmp_path_factory.mktemp("log-writer-cache")
+    before = os.environ.get(logwriter.CACHE_ENV)
+    os.environ[logwriter.CACHE_ENV] = str(cache)
+    try:
+        yield cache
+    finally:
+        if before is None:
+            del os.environ[logwriter.CACHE_ENV]
+        else:
+            os.environ[logwriter.CACHE_ENV] = before
+
+
+@pytest.fixture(scope="session")
+def native_writer(_writer_cache: Path) -> Path:
+    """The native log writer, built (a test that uses it needs a C compiler: tests/support/programs.py)."""
+    programs.require("cc")
+    built = logwriter.build(_writer_cache)
+    assert built is not None, "cc is installed but the native log writer was not built (see the log)"
+    return built
 
 
 @pytest.hookimpl(trylast=True)  # after the runner's own teardown of what -x or Ctrl-C left set up

@@ -139,13 +139,14 @@ async def rotate_forever(root: Path, max_bytes: int, keep: int, interval_s: floa
         await asyncio.sleep(interval_s)
 
 
-# What supervisor.sh's log writers run besides sh's builtins (all coreutils).
+# What supervisor.sh's shell log writers run besides sh's builtins (all coreutils); the native writer
+# (agent/executors/logwriter.py) needs none of them.
 WRITER_PROGRAMS = ("stdbuf", "head", "wc", "sleep", "rm")
 
 
 @functools.cache
 def writer_problem() -> str | None:
-    """Why this node cannot run the log writers (a program missing from PATH), or None. Looked up once."""
+    """Why this node cannot run the shell log writers (a program missing from PATH), or None. Looked up once."""
     absent = [name for name in WRITER_PROGRAMS if shutil.which(name) is None]
     if not absent:
         return None

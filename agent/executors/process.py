@@ -142,13 +142,16 @@ class ProcessExecutor:
         containment: Containment | None = None,
         open_files: int | None = None,
         workload_logs: WorkloadLogsConfig | None = None,
+        log_writer: Path | None = None,
     ) -> None:
         """``open_files``: the soft open-files limit each workload gets (default: the agent's own now);
-        ``workload_logs``: the bound of its logs (default: the configuration's defaults)."""
+        ``workload_logs``: the bound of its logs (default: the configuration's defaults); ``log_writer``:
+        the native log writer (agent/executors/logwriter.py builds it), None for the shell writers."""
         self.root = state_dir / "executions"
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if open_files is None else open_files
         self._open_files = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
         self.log_limits = workload_logs if workload_logs is not None else WorkloadLogsConfig()
+        self.log_writer = log_writer
         self.containment = containment if containment is not None else open_containment(state_dir)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         # The limit the latest spawn failed on, until one succeeds (set from the spawning thread).
@@ -207,7 +210,7 @@ class ProcessExecutor:
                 raise SpawnError(f"working_dir {cwd[:200]!r} cannot be used: {exc}") from exc
             if not is_dir:
                 raise SpawnError(f"working_dir {cwd!r} is not a directory")
-        problem = logs.writer_problem()
+        problem = logs.writer_problem() if self.log_writer is None else None
         if problem is not None:
             raise SpawnError(problem)
         program = spec.command[0]
@@ -240,6 +243,7 @@ class ProcessExecutor:
                         str(limits.max_bytes),
                         str(limits.keep),
                         *starts,
+                        "" if self.log_writer is None else str(self.log_writer),
                         *spec.command,
                     ],
                     stdin=subprocess.DEVNULL,

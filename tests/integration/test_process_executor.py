@@ -110,10 +110,13 @@ async def test_sigkill_right_after_spawn_is_delivered(executor: ProcessExecutor)
         assert executor.outcome(EID, attempt).exit_code == 128 + 9
 
 
+@pytest.mark.parametrize("writer", ["native", "shell"])
 async def test_a_workload_killed_before_it_opened_its_output_leaves_no_log_writer_behind(
-    executor: ProcessExecutor,
+    executor: ProcessExecutor, writer: str, request: pytest.FixtureRequest
 ) -> None:
     """A workload killed before it opened its FIFOs would leave a log writer blocked in its open for ever."""
+    if writer == "native":
+        executor.log_writer = request.getfixturevalue("native_writer")
     refs = []
     for attempt in range(1, 6):
         ref = await executor.spawn(EID, attempt, spec(["sleep", "300"]))

@@ -12,7 +12,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.config import AgentConfig, WorkloadLogsConfig
+from agent.executors import logwriter
 from agent.streams import read_range, segments
 from tests.support.agent import StatusLog, config_for, desired, desired_topic, running_agent
 from tests.support.broker import Broker
@@ -90,14 +93,27 @@ async def setting_up(
     return config, signals, log
 
 
+@pytest.fixture(params=["native", "shell"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The native writer, or the shell writers of a node where none can be built (no compiler, nothing
+    cached)."""
+    if request.param == "native":
+        request.getfixturevalue("native_writer")
+    else:
+        monkeypatch.setenv("CC", "no-such-compiler")
+        monkeypatch.setenv(logwriter.CACHE_ENV, str(tmp_path / "empty-cache"))
+    return str(request.param)
+
+
 async def test_logs_stay_in_keep_segments_read_in_order_and_go_with_the_execution(
-    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path
+    broker: Broker, probe: Probe, state_dir: Path, tmp_path: Path, writer: str
 ) -> None:
     execution = "chatty"
     config, signals, log = await setting_up(
         broker, probe, state_dir, tmp_path, max_bytes=MAX_BYTES, execution=execution
     )
     async with running_agent(config) as agent:
+        assert (agent.runtime.executor.log_writer is not None) == (writer == "native")
         root = agent.runtime.executor.root
         run_dir = root / execution
         await probe.publish(

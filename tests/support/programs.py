@@ -33,6 +33,11 @@ class Program:
     package: str  # the Debian package that ships it
     why: str
     sbin: bool = False  # daemons live in sbin, which is not on a normal user's PATH
+    also: tuple[str, ...] = ()  # more packages it needs to work (a compiler, its C library's headers)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package, *self.also)
 
     def path(self) -> str | None:
         found = shutil.which(self.name)
@@ -45,7 +50,8 @@ class Program:
         return None
 
     def reason(self) -> str:
-        return f"{SKIP_PREFIX}: {self.name} (Debian package {self.package}: apt-get install {self.package}), {self.why}"
+        wanted = " ".join(self.packages)
+        return f"{SKIP_PREFIX}: {self.name} (Debian package {self.package}: apt-get install {wanted}), {self.why}"
 
 
 PROGRAMS: dict[str, Program] = {
@@ -74,6 +80,12 @@ PROGRAMS: dict[str, Program] = {
         Program("wc", "coreutils", "measures each finished log segment (the supervisor)"),
         Program(
             "sleep", "coreutils", "bounds the supervisor's wait for its log writers at the workload's end"
+        ),
+        Program(
+            "cc",
+            "gcc",
+            "builds the native log writer (agent/executors/logwriter.c; without it the shell writers run)",
+            also=("libc6-dev",),
         ),
         Program(
             "faketime",
@@ -128,7 +140,7 @@ def needs(*names: str) -> pytest.MarkDecorator:
 
 def main(argv: list[str]) -> int:
     if argv == ["missing-packages"]:
-        print(" ".join(sorted({p.package for p in missing()})))
+        print(" ".join(sorted({package for p in missing() for package in p.packages})))
         return 0
     if argv == ["list"]:
         for p in PROGRAMS.values():
