@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import agent
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from agent.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from agent.log import configure_logging
 from agent.operator import arguments as operator_args
 
@@ -220,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reconcile-agent`` script and ``python -m agent``; returns the exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at the interpreter's exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`reconcile-agent get | head -1`): as for any Unix filter, that is no
+        # error to report. Output still buffered would raise again at exit, so it goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -100,6 +100,9 @@ class MqttConfig(BaseModel):
     password_file: ConfigPath | None = None
     tls: TlsConfig | None = None
     embedded: bool = False
+    # How often the agent reads every retained desired document of its node besides after each connection
+    # (agent/resync.py): what the broker's per-client queue dropped is acted on within this time.
+    resync_interval_s: float = Field(default=300.0, ge=10.0, le=86400.0)
 
     @field_validator("topic_prefix")
     @classmethod

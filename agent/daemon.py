@@ -130,6 +130,7 @@ class Agent:
             instance_id=self.store.instance_id,
             runtime=self.runtime,
             intake=self.intake.on_message,
+            interval_s=config.mqtt.resync_interval_s,
         )
         self.link = MqttLink(
             settings=settings,

@@ -75,11 +75,13 @@ class Resync:
         instance_id: str,
         runtime: Runtime,
         intake: Callable[[str, bytes], None],
+        interval_s: float = INTERVAL_S,
     ) -> None:
         self._settings = {**settings, "identifier": f"{settings['identifier']}-resync-{instance_id[:8]}"}
         self.topics = topics
         self._runtime = runtime
         self._intake = intake
+        self.interval_s = interval_s
         self._due = asyncio.Event()
         self._touched: set[str] | None = None  # executions the link heard about while a pass runs
         self.passes = 0  # completed resyncs, for tests and metrics
@@ -97,8 +99,8 @@ class Resync:
         self._due.set()
 
     async def run(self) -> None:
-        """Resync after every connection and every INTERVAL_S; a failed pass is tried again, never raised."""
-        wait = INTERVAL_S
+        """Resync after every connection and every ``interval_s``; a failed pass is tried again, never raised."""
+        wait = self.interval_s
         while True:
             try:
                 async with asyncio.timeout(wait):
@@ -111,7 +113,7 @@ class Resync:
             except aiomqtt.MqttError as exc:
                 self.log.warning("cannot read the retained desired documents", error=str(exc))
                 sure = False
-            wait = INTERVAL_S if sure else RETRY_S
+            wait = self.interval_s if sure else min(RETRY_S, self.interval_s)
 
     async def resync(self) -> bool:
         """One resync; whether every absence it found was proved (and so marked)."""

@@ -119,6 +119,8 @@ def load(text: str) -> object:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         raise Unreadable(f"malformed YAML{_where(exc)}") from exc
+    except ValueError as exc:
+        raise Unreadable(f"malformed YAML: {_unbuildable(exc)}") from exc
 
 
 def load_all(text: str) -> Iterator[object]:
@@ -127,6 +129,14 @@ def load_all(text: str) -> Iterator[object]:
         yield from yaml.load_all(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         raise Unreadable(f"malformed YAML{_where(exc)}") from exc
+    except ValueError as exc:
+        raise Unreadable(f"malformed YAML: {_unbuildable(exc)}") from exc
+
+
+def _unbuildable(exc: ValueError) -> str:
+    """PyYAML's constructors call int() and datetime() as they are: an integer of more digits than
+    Python converts, or a date such as 2024-13-45, raise a bare ValueError from inside the loader."""
+    return f"a value that cannot be built ({' '.join(str(exc).split())[:200]})"
 
 
 def _where(exc: yaml.YAMLError) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from agent import written
+from agent import strict_json, written
 from agent.exit_codes import EXIT_USAGE
 from agent.names import id_problem
 from agent.operator.errors import OperatorError
@@ -126,26 +126,14 @@ def _documents_in(path: str) -> Iterator[object]:
 
 
 def _json(text: str) -> object:
+    """JSON read as the agent reads a payload (agent/strict_json.py): no key twice, no NaN, no integer
+    past Python's digit limit (a ValueError traceback before), no nesting past 64."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, _DuplicateKeyError) as exc:
+        return strict_json.loads(text)
+    except (json.JSONDecodeError, strict_json.NotAccepted) as exc:
         raise written.Unreadable(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise written.Unreadable("malformed JSON: nested too deeply") from None
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of two equal keys; a repeated `spec` would silently drop the first.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKeyError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _kind(value: object) -> str:

@@ -146,3 +146,18 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     assert result.returncode == 2
     assert "usage: reconcile-agent" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141() -> None:
+    # `reconcile-agent check-config ... | head -1`: a BrokenPipeError traceback used to follow.
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("RECONCILE_")}
+    command = [sys.executable, "-m", "agent", "check-config", "--config", "config/agent.example.yaml"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean, cwd=REPO_ROOT
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()  # before the command writes a line
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 141
+    assert stderr == b""

@@ -69,6 +69,8 @@ YAML_SNIPPETS = (
     "\x85",  # NEL: a line break to YAML, not to Python's splitlines
     "\u2028",
     'key: "\\0"\n',  # a NUL byte written as an escape
+    "when: 2024-13-45\n",  # a date PyYAML's constructor raises a bare ValueError for
+    "n: " + "9" * 4301 + "\n",  # past Python's int-from-text limit: a ValueError too
 )
 
 

@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.core.actions import Action, ClearStatus, Forget, PublishStatus, Signal, Spawn
+from agent.core.actions import Action, ClearStatus, EmitEvent, Forget, PublishStatus, Signal, Spawn
 from agent.core.clock import Now
 from agent.core.events import (
     DesiredDeleted,
+    DesiredMissing,
     DesiredReceived,
     DesiredRejected,
     Event,
@@ -32,7 +33,7 @@ from agent.core.events import (
     SpawnLost,
     TimerFired,
 )
-from agent.core.lifecycle import decide
+from agent.core.lifecycle import MISSING, decide
 from agent.core.model import Absent, Execution, ProcessRef
 from agent.core.status import status_document, status_view
 from agent.core.timers import ARMED_IN
@@ -98,6 +99,12 @@ SPECS = st.builds(
 )
 
 
+def only_the_mark_changed(before: Execution, after: Execution) -> bool:
+    """``after`` is ``before`` but for the desired-missing mark, its revision and its time."""
+    unchanged = {"details": before.details, "revision": before.revision, "updated_at": before.updated_at}
+    return after.model_copy(update=unchanged) == before
+
+
 def view_of(document: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in document.items() if k not in ("revision", "updated_at")}
 
@@ -122,6 +129,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         before = self.state
         after, actions = decide(before, event, Now(self.now, self.now))
         self.check(before, after, actions)
+        if isinstance(event, DesiredReceived | DesiredRejected) and isinstance(after, Execution):
+            # Any retained payload under the topic, good or bad, is the document there again.
+            assert after.details.get(MISSING) is None
+            if isinstance(before, Execution) and before.details.get(MISSING) is not None:
+                emitted = [a.document["type"] for a in actions if isinstance(a, EmitEvent)]
+                assert "desired_restored" in emitted
         self.state = after
         self.play_executor(actions)
         return actions
@@ -215,7 +228,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     # --- The orchestrator ---------------------------------------------------------------------------------
 
     @rule(
-        kind=st.sampled_from(["desired"] * 6 + ["reject", "delete"]),
+        kind=st.sampled_from(["desired"] * 6 + ["reject", "delete", "missing"]),
         delta=st.sampled_from([-1, 0, 1, 1, 1, 2]),
         state_type=st.sampled_from(["pending", "running", "running", "running", "running", "stopped"]),
         spec_choice=st.sampled_from(["same", "same", "same", "new", "omit"]),
@@ -247,6 +260,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             )
         elif kind == "reject":
             self.send_rejection(None if message else delta, digest)
+        elif kind == "missing":
+            self.go_missing()
         else:
             self.delete()
 
@@ -285,8 +300,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         actions = self.apply(event)
         after = self.held()
         if held is not None and generation <= held.generation:
-            assert actions == []
-            assert self.state == before, "a stale or duplicate generation changes nothing"
+            if held.details.get(MISSING) is None:
+                assert actions == []
+                assert self.state == before, "a stale or duplicate generation changes nothing"
+            else:  # but it is the document there again: only the mark goes
+                assert after is not None
+                assert only_the_mark_changed(held, after)
         elif held is not None and held.started_once:
             assert after is not None
             if after.generation != generation:
@@ -310,6 +329,25 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.max_generation_sent = max(self.max_generation_sent, generation)
         actions = self.apply(DesiredRejected(generation, f"bad field ({digest})", digest))
         assert not any(isinstance(a, Signal | Spawn | Forget) for a in actions), "a rejection touches nothing"
+
+    def go_missing(self) -> None:
+        """A resync snapshot (agent/resync.py) held no retained desired document for the execution."""
+        held = self.held()
+        actions = self.apply(DesiredMissing())
+        assert not any(isinstance(a, Signal | Spawn | Forget | ClearStatus) for a in actions), (
+            "absence on the broker is no deletion: nothing is stopped, started or forgotten"
+        )
+        after = self.held()
+        if held is None:
+            assert actions == []
+            return
+        assert after is not None
+        assert only_the_mark_changed(held, after)
+        if held.deleting or MISSING in held.details:
+            assert actions == [], "marked once, and never while a deletion is under way"
+        else:
+            assert after.details[MISSING] is not None
+            assert [a.document["type"] for a in actions if isinstance(a, EmitEvent)] == ["desired_missing"]
 
     def delete(self) -> None:
         held = self.held()

@@ -162,7 +162,7 @@ def test_a_document_over_the_agents_payload_limit_is_refused(tmp_path: Path) -> 
 
 
 def test_json_files_refuse_duplicate_keys_and_unreadable_files_are_named(tmp_path: Path) -> None:
-    assert "duplicate key 'node_id'" in problem(
+    assert "node_id: appears twice in one object" in problem(
         [write(tmp_path, "d.json", '{"node_id": "a", "node_id": "b"}')]
     )
     missing = str(tmp_path / "missing.yaml")
