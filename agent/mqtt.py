@@ -57,7 +57,7 @@ class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping what it drops: whether the broker still had our session (CONNACK).
 
     aiomqtt 2.x (pinned) takes the CONNACK in ``_on_connect`` and throws its flags away; this override is
-    the one place that reads them.
+    the one place that reads them, and (:meth:`arrived`) the one that reads its queue of messages.
     """
 
     session_present: bool = False
@@ -67,6 +67,13 @@ class _Client(aiomqtt.Client):
     ) -> None:
         self.session_present = bool(getattr(flags, "session_present", False))
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def arrived(self) -> list[aiomqtt.Message]:
+        """The messages queued already, taken without waiting: aiomqtt hands them over one per turn of
+        the event loop (a task and a wait each), so a burst read in one go (agent/tcp.py) would reach
+        the runtime a document or two at a time, each decided and committed on its own."""
+        queue = self._queue
+        return [queue.get_nowait() for _ in range(queue.qsize())]
 
 
 class MqttLink:
@@ -245,14 +252,18 @@ class MqttLink:
         finally:
             slot.release()
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-            if message.topic.value == self.topics.node_status:
-                self._watch_node_status(payload, retained=bool(message.retain))
-            else:
-                self._on_message(message.topic.value, payload)
+    async def _receive(self, client: _Client) -> None:
+        async for first in client.messages:
+            for message in (first, *client.arrived()):  # in the order they came
+                self._take(message)
         raise aiomqtt.MqttError("the message stream ended")
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        if message.topic.value == self.topics.node_status:
+            self._watch_node_status(payload, retained=bool(message.retain))
+        else:
+            self._on_message(message.topic.value, payload)
 
     def _watch_node_status(self, payload: bytes, retained: bool) -> None:
         """A live document of another instance under our node id: it is acting for this node right now.

@@ -6,6 +6,7 @@ network, the store or the clock, so the lifecycle core may use it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -599,8 +600,12 @@ def _usable_request_id(raw: Any) -> str | None:
 # --- Time and JSON --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(epoch_s: float | None) -> str | None:
-    """RFC 3339 in UTC with microseconds and a Z, or None for a time that is not set."""
+    """RFC 3339 in UTC with microseconds and a Z, or None for a time that is not set.
+
+    Cached: every decision renders its status two or three times (agent/core/step.py compares it with the
+    last one published), each time with the same few times, and formatting one costs microseconds."""
     if epoch_s is None:
         return None
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

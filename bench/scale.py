@@ -196,9 +196,17 @@ def cpu_percent(pid: int, seconds: float) -> float:
 
 
 def kill_workloads(state_dir: Path) -> None:
+    """Kill every workload, and wait for their supervisors: each writes its exit file once its workload
+    has died, and one still writing when the directory is removed makes the removal fail."""
+    supervisors = []
     for pid_file in state_dir.glob("executions/*/pid-*"):
-        with contextlib.suppress(OSError, ValueError):
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            workload = psutil.Process(int(pid_file.read_text()))
+            supervisor = workload.parent()
+            if supervisor is not None and supervisor.pid != 1:
+                supervisors.append(supervisor)
+            os.killpg(workload.pid, signal.SIGKILL)
+    psutil.wait_procs(supervisors, timeout=TIMEOUT_S)
     remove_cgroups(state_dir)
 
 

@@ -523,6 +523,17 @@ def test_rfc3339_always_has_microseconds_and_z(epoch: float) -> None:
     assert abs(parsed.timestamp() - epoch) < 1e-5
 
 
+def test_rfc3339_keeps_a_bounded_cache() -> None:
+    """Cached for the statuses rendered several times per decision; bounded, so it never grows the agent."""
+    for i in range(10_000):
+        assert rfc3339(1_764_660_000 + i / 7) == datetime.fromtimestamp(
+            1_764_660_000 + i / 7, tz=UTC
+        ).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    info = rfc3339.cache_info()
+    assert info.maxsize is not None
+    assert info.currsize <= info.maxsize
+
+
 def test_dumps_is_compact_json() -> None:
     assert dumps({"a": 1, "b": [None, "x"]}) == b'{"a":1,"b":[null,"x"]}'
 
