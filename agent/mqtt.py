@@ -36,7 +36,7 @@ from agent.identity import (
 )
 from agent.outbox import Message, Outbox, Rows
 from agent.protocol import Topics, dumps
-from agent.tcp import acknowledge_at_once
+from agent.tcp import acknowledge_at_once, write_at_once
 from agent.tls import connect_hint
 from agent.window import Window
 
@@ -125,6 +125,7 @@ class MqttLink:
         # their own few.
         client.pending_calls_threshold = PUBLISH_WINDOW + 2 + LOG_REPLIES_IN_FLIGHT
         acknowledge_at_once(client)  # the same client, its socket rearmed
+        write_at_once(client)  # and what it queues written in the same loop turn
         return client
 
     async def run(self) -> None:

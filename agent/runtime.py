@@ -12,8 +12,10 @@ loads and checks the store, :meth:`run` recovers and decides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -54,7 +56,7 @@ from agent.core.lifecycle import decide
 from agent.core.model import Absent, Execution, NeverAccepted, ProcessRef
 from agent.core.reboot import after_reboot
 from agent.core.status import event_document, status_document
-from agent.executors.process import ProcessExecutor, SpawnError
+from agent.executors.process import ProcessExecutor, Spawned, SpawnError
 from agent.inbox import ControlDelivery, Delivery, Inbox
 from agent.outbox import Message, Outbox
 from agent.probes import Prober
@@ -71,6 +73,7 @@ EFFECT_RETRY_MAX_S = 5.0
 # Events decided together and made durable by one commit, at most: what arrives in a burst (a thousand
 # desired documents, their spawns reporting back) shares fsyncs, and the loop still gets a turn between.
 GROUP_MAX = 256
+WATCH_AFTER_S = 0.01  # a new workload's watch starts this long after its spawn reported (Runtime._spawned)
 
 
 @dataclass(frozen=True)
@@ -444,8 +447,8 @@ class Runtime:
 
     def _carry_out(self, action: Action, bound: FilteringBoundLogger) -> None:
         match action:
-            case Spawn(execution_id=eid, attempt=attempt):
-                self.tasks.start(self._spawn(action), f"spawn:{eid}:{attempt}")
+            case Spawn():
+                self._spawn(action)
             case Signal(execution_id=eid, ref=ref, signal=name):
                 try:
                     delivered = self.executor.signal(ref, name)
@@ -493,21 +496,49 @@ class Runtime:
 
     # --- effects that report back ---------------------------------------------------------------
 
-    async def _spawn(self, spawn: Spawn) -> None:
+    def _spawn(self, spawn: Spawn) -> None:
+        """Hand the spawn to the executor's threads now, and report its outcome from the thread's end
+        straight into the inbox. A task awaiting it would start the thread a loop turn later (after the
+        publisher's turn) and add a turn on the way back, both on the path to ``validating``."""
+        loop = asyncio.get_running_loop()
         try:
-            spawned = await self.executor.launch(spawn.execution_id, spawn.attempt, spawn.spec)
-        except SpawnError as exc:
-            self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, str(exc)))
+            launched = self.executor.launch_soon(spawn.execution_id, spawn.attempt, spawn.spec)
+        except Exception as exc:  # a pool shut down, a thread that cannot be started
+            self._spawned(spawn, exc)
             return
-        except Exception as exc:
+
+        def ended(done: Future[Spawned]) -> None:  # in the spawning thread
+            if done.cancelled():  # the pool was shut down before it ran: the agent is stopping
+                return
+            outcome = done.exception() or done.result()
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the next start recovers it
+                loop.call_soon_threadsafe(self._spawned, spawn, outcome)
+
+        launched.add_done_callback(ended)
+
+    def _spawned(self, spawn: Spawn, outcome: Spawned | BaseException) -> None:
+        """Report a spawn's outcome, and watch what it started."""
+        eid = spawn.execution_id
+        if isinstance(outcome, SpawnError):
+            self.submit(eid, SpawnFailed(spawn.attempt, str(outcome)))
+            return
+        if isinstance(outcome, BaseException):
             # Whatever a spawn raises resolves its attempt: an execution must never wait in `starting`
             # for a report that will not come (the executor's contract says SpawnError, but a thread
             # that cannot be started, say, raises RuntimeError before the executor runs at all).
-            self.log.exception("spawn failed unexpectedly", execution=spawn.execution_id)
-            self.submit(spawn.execution_id, SpawnFailed(spawn.attempt, f"{type(exc).__name__}: {exc}"))
+            self.log.error("spawn failed unexpectedly", execution=eid, exc_info=outcome)
+            self.submit(eid, SpawnFailed(spawn.attempt, f"{type(outcome).__name__}: {outcome}"))
             return
-        self.submit(spawn.execution_id, ProcessStarted(spawned.ref, spawned.usage))
-        await self._watch(spawn.execution_id, spawned.ref)
+        self.submit(eid, ProcessStarted(outcome.ref, outcome.usage))
+        # A moment later, after the decision just submitted and the publish it wakes: the watch's first
+        # step (tenacity, a pidfd, a reader: a third of a millisecond) is then not on the way to
+        # `validating`, and an exit meanwhile is seen all the same (the supervisor is our child, so its
+        # pid stays ours until it is reaped).
+        asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watch, eid, outcome.ref)
+
+    def _start_watch(self, execution_id: str, ref: ProcessRef) -> None:
+        if self.tasks.accepting:  # else the agent is stopping: the next start re-adopts the workload
+            self.tasks.start(self._watch(execution_id, ref), f"watch:{execution_id}:{ref.attempt}")
 
     async def _publish(self, publish: Publish) -> None:
         eid = publish.execution_id

@@ -27,7 +27,15 @@ class Tasks:
         """Tasks may be started while this is entered; leaving it waits for them (or cancels them)."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            yield
+            try:
+                yield
+            finally:
+                self._group = None  # leaving: what reports back late (a spawn's thread) starts nothing
+
+    @property
+    def accepting(self) -> bool:
+        """Whether :meth:`start` may be called: the runtime runs and is not stopping."""
+        return self._group is not None
 
     def start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         assert self._group is not None, "tasks start only while the runtime runs"

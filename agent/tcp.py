@@ -13,10 +13,15 @@ Neither paho nor aiomqtt has a hook after each read or write, so :func:`acknowle
 paho client's ``loop_read`` and ``loop_write`` on the instance (aiomqtt's socket callbacks call exactly
 those, on the event loop's thread). On a system without ``TCP_QUICKACK`` (not Linux) it only does the
 next thing: read what has arrived in one go (see :func:`_drained`).
+
+:func:`write_at_once` (the agent's own link only) hands what the client queues on the event loop's
+thread to the socket there and then, as paho does when no outside loop drives it: aiomqtt would first
+register a writer one loop turn later and write on the turn after, so every status waited two turns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import select
@@ -86,3 +91,32 @@ def acknowledge_at_once(client: aiomqtt.Client) -> aiomqtt.Client:
     inner.loop_read = _rearmed(inner, inner.loop_read)  # type: ignore[method-assign]
     inner.loop_write = _rearmed(inner, inner.loop_write)  # type: ignore[method-assign]
     return client
+
+
+def write_at_once(client: aiomqtt.Client) -> aiomqtt.Client:
+    """``client``, whose packets queued on the event loop's thread are written at once; what the socket
+    does not take then, and whatever is queued from another thread (the connect), goes the usual way."""
+    inner: paho.Client = client._client  # aiomqtt exposes no hook of its own
+    loop = asyncio.get_running_loop()
+    deferred = inner.on_socket_register_write  # aiomqtt's: add_writer on the loop's next turn
+
+    def register(paho_client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho's own test before it writes in place: not from inside one of its callbacks.
+        if _on(loop) and paho_client._in_callback_mutex.acquire(blocking=False):
+            paho_client._in_callback_mutex.release()
+            # Unregisters itself when all of it went out (paho marked it registered before calling us).
+            paho_client.loop_write()
+            if not paho_client.want_write():
+                return
+        if deferred is not None:
+            deferred(paho_client, userdata, sock)
+
+    inner.on_socket_register_write = register
+    return client
+
+
+def _on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False

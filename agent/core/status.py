@@ -50,9 +50,12 @@ def status_view(execution: Execution | None) -> dict[str, Any] | None:
     """What makes two statuses different: the document without its revision and update time."""
     if execution is None:
         return None
-    document = status_document(execution)
-    del document["revision"], document["updated_at"]
-    return document
+    return view_of(status_document(execution))
+
+
+def view_of(document: dict[str, Any]) -> dict[str, Any]:
+    """:func:`status_view` of the execution ``document`` renders, without rendering it again."""
+    return {k: v for k, v in document.items() if k not in ("revision", "updated_at")}
 
 
 # The events the lifecycle emits about one execution (docs/protocol.md, Events); the runtime emits node events.

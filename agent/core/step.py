@@ -14,6 +14,7 @@ from agent.core.status import (
     status_document,
     status_view,
     usage_document,
+    view_of,
 )
 from agent.core.timers import USAGE_REFRESH_S, Timer
 from agent.protocol import ObservedState, ObservedStateType, rfc3339
@@ -55,10 +56,9 @@ class Step:
             return
         self.refresh_usage()
         self.set(revision=self.state.revision + 1, updated_at=self.now.wall)
-        self._published = status_view(self.state)
-        self.actions.append(
-            PublishStatus(self.state.execution_id, self.state.revision, status_document(self.state))
-        )
+        document = status_document(self.state)
+        self._published_state, self._published = self.state, view_of(document)
+        self.actions.append(PublishStatus(self.state.execution_id, self.state.revision, document))
 
     def refresh_usage(self) -> None:
         """Put the latest usage sample in details.usage: every revision carries a fresh one, and while

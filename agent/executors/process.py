@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import select
@@ -26,7 +27,7 @@ import signal as signals
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -94,6 +95,7 @@ class Remains:
     usage: Usage | None = None
 
 
+@functools.cache
 def _supervisor_script() -> str:
     return str(resources.files("agent.executors").joinpath("supervisor.sh"))
 
@@ -121,7 +123,11 @@ def start_time(pid: int) -> float | None:
     workload must not look like a stranger because the clock was corrected.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not pathlib: twice on every spawn
+        try:
+            stat = os.read(fd, 4096)  # a few hundred bytes: the command in it is 16 at most
+        finally:
+            os.close(fd)
     except (FileNotFoundError, ProcessLookupError):
         return None  # no such process: the only answer that means it is gone
     except OSError as exc:
@@ -185,10 +191,13 @@ class ProcessExecutor:
     async def launch(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
         """Spawn, and sample the new attempt's usage on the way (off the event loop, where the decision
         that follows would otherwise read it)."""
+        return await asyncio.wrap_future(self.launch_soon(execution_id, attempt, spec))
+
+    def launch_soon(self, execution_id: str, attempt: int, spec: Spec) -> Future[Spawned]:
+        """:meth:`launch` started now, from any thread: its future resolves in the spawning thread."""
         # fork/exec from the event loop thread stalls it under load (cpython#146181): worker threads of
         # the executor's own, so a burst of spawns neither waits behind nor starves other thread work.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._spawner, self._spawn, execution_id, attempt, spec)
+        return self._spawner.submit(self._spawn, execution_id, attempt, spec)
 
     def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
         try:
@@ -219,19 +228,24 @@ class ProcessExecutor:
         run_dir = self.run_dir(execution_id)
         cgroup = self.containment.attempt_cgroup(run_dir.name, attempt)
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._fresh_output_dir(execution_id, attempt)
-            for stale in (
-                run_dir / f"pid-{attempt}",
-                run_dir / f"exit-{attempt}",
-                run_dir / f"cgroup-{attempt}",
-            ):
-                stale.unlink(missing_ok=True)
+            if self._new_run_dir(run_dir):
+                # Made just now, so empty: no earlier output, stale files or logs to look for (each look
+                # is a system call or a directory listing on the way to `validating`).
+                (run_dir / f"output-{attempt}").mkdir(mode=0o755)
+                starts = ["0"] * len(STREAM_NAMES)
+            else:
+                self._fresh_output_dir(execution_id, attempt)
+                for stale in (
+                    run_dir / f"pid-{attempt}",
+                    run_dir / f"exit-{attempt}",
+                    run_dir / f"cgroup-{attempt}",
+                ):
+                    stale.unlink(missing_ok=True)
+                starts = [str(end_offset(run_dir, stream)) for stream in STREAM_NAMES]
             if cgroup is not None:
                 self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
             logs.prepare(run_dir)
             limits = self.log_limits
-            starts = [str(end_offset(run_dir, stream)) for stream in STREAM_NAMES]
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
                     [
@@ -275,6 +289,17 @@ class ProcessExecutor:
         self._children[supervisor.pid] = supervisor
         self.limit_reached = None
         return ref
+
+    def _new_run_dir(self, run_dir: Path) -> bool:
+        """Make ``run_dir`` if it is not there; whether it was made now (and so is empty)."""
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # the first spawn under this state directory
+            self.root.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir()
+        return True
 
     def _failed(self, what: str, exc: OSError) -> SpawnError:
         """The error of a spawn that ``exc`` stopped, naming the node's limit if one was reached."""
