@@ -127,8 +127,12 @@ class Broker:
         port: int | None = None,
         tcp_nodelay: bool = True,
         stock: bool = False,
+        save_each_change: bool = True,
     ) -> None:
         self.tcp_nodelay = tcp_nodelay
+        # False: mosquitto saves once a second instead, for a test that never kills it but moves thousands of
+        # messages (a save of the whole database per change lets through some 25 a second with 4000 retained).
+        self.save_each_change = save_each_change
         self.stock = stock  # mosquitto as most users run it: its defaults, a listener and a log only
         self.kind: BrokerKind = kind or resolve_kind()
         self.host = host
@@ -201,7 +205,7 @@ class Broker:
             # queued messages), so 1 means: save after every change. A SIGKILL then loses at most the
             # change being processed, not the last 30 minutes (the default is a 1800 s timer).
             "autosave_interval 1",
-            "autosave_on_changes true",
+            f"autosave_on_changes {'true' if self.save_each_change else 'false'}",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
