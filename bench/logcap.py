@@ -110,12 +110,12 @@ def measure(
     rotator: threading.Thread | None = None
     rotation_done = threading.Event()
     if kind in SUPERVISED:
-        writer = ""
+        native = ""
         if kind == "native":
             built = logwriter.build(scratch / "cache")
             if built is None:
                 return None
-            writer = str(built)
+            native = str(built)
         logs.prepare(directory)
         nofile = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         command = [
@@ -128,7 +128,7 @@ def measure(
             str(keep),
             "0",
             "0",
-            writer,
+            native,
         ]
         stderr_name = None
     elif kind == "copytruncate":
