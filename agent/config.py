@@ -12,11 +12,11 @@ import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -44,18 +44,26 @@ ENV_NESTED_DELIMITER = "__"
 MAX_CONFIG_BYTES = 1 << 20  # a configuration file is a page or two; anything past a MiB is not one
 
 
-def _usable(path: Path) -> Path:
-    """Checked here, not when the agent first opens it: a NUL byte or a name past the OS's limits would
+_V = TypeVar("_V", str, Path)
+
+
+def _refusing(problem_of: Callable[[str], str | None], what: str = "") -> Callable[[_V], _V]:
+    """A validator refusing a value that ``problem_of`` finds a problem with, in its words. Checked when
+    the configuration is read, not when the agent first uses the value: a NUL byte in a path, say, would
     otherwise pass check-config and fail the running agent with a bare 'embedded null byte'."""
-    problem = path_problem(str(path))
-    if problem is not None:
-        raise ValueError(f"the path {problem}")
-    return path
+
+    def check(value: _V) -> _V:
+        problem = problem_of(str(value))
+        if problem is not None:
+            raise ValueError(what + problem)
+        return value
+
+    return check
 
 
 # Models are strict so that `port: "1883"` is an error instead of a silent conversion; paths are the
 # exception because YAML has no path type and a string is the only way to write one.
-ConfigPath = Annotated[Path, Strict(False), AfterValidator(_usable)]
+ConfigPath = Annotated[Path, Strict(False), AfterValidator(_refusing(path_problem, "the path "))]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -104,21 +112,8 @@ class MqttConfig(BaseModel):
     # (agent/resync.py): what the broker's per-client queue dropped is acted on within this time.
     resync_interval_s: float = Field(default=300.0, ge=10.0, le=86400.0)
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _check_topic_prefix(cls, value: str) -> str:
-        problem = topic_prefix_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        problem = host_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+    _check_topic_prefix = field_validator("topic_prefix")(_refusing(topic_prefix_problem))
+    _check_host = field_validator("host")(_refusing(host_problem))
 
     @model_validator(mode="after")
     def _password_needs_username(self) -> Self:
@@ -384,7 +379,7 @@ def load_config(path: Path) -> AgentConfig:
 
 def _describe_environment_error(path: Path, exc: SettingsError) -> str:
     field = next(iter(re.findall(r'field "([^"]+)"', str(exc))), "")
-    names = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX + field.upper()) and field)
+    names = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX + field.upper())) if field else []
     where = f" ({', '.join(names)})" if names else ""
     return (
         f"{path}: invalid configuration\n"

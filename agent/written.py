@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +26,32 @@ from agent.reasons import os_reason
 
 MAX_DEPTH = 64  # mappings and lists inside each other; the deepest real document needs 6
 MAX_ALIAS_EXPANSION = 1 << 20  # characters (and nodes) aliases may add to a document, beyond its own text
-STDIN = "-"
 
 
 class Unreadable(ValueError):
     """The file cannot be read as the text it should hold; the message is one line, without the path."""
 
 
-def read_text(path: str | Path, limit: int) -> str:
-    """The UTF-8 text of ``path`` (``-``: standard input), refusing more than ``limit`` bytes."""
+def read_text(path: Path, limit: int) -> str:
+    """The UTF-8 text of the file at ``path``, refusing more than ``limit`` bytes."""
     try:
-        if str(path) == STDIN:
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(path, "rb") as file:
-                data = file.read(limit + 1)
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
     except OSError as exc:
         raise Unreadable(f"cannot read: {os_reason(exc).lower()}") from exc
+    return _capped_text(data, limit)
+
+
+def read_stdin(limit: int) -> str:
+    """The UTF-8 text of standard input, refusing more than ``limit`` bytes."""
+    try:
+        data = sys.stdin.buffer.read(limit + 1)
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {os_reason(exc).lower()}") from exc
+    return _capped_text(data, limit)
+
+
+def _capped_text(data: bytes, limit: int) -> str:
     if len(data) > limit:
         raise Unreadable(f"larger than {limit} bytes: not a file written for this")
     try:
@@ -115,18 +125,20 @@ def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
 
 def load(text: str) -> object:
     """The one YAML document of ``text`` (None if empty)."""
-    try:
+    with _as_unreadable():
         return yaml.load(text, Loader=StrictLoader)
-    except yaml.YAMLError as exc:
-        raise Unreadable(f"malformed YAML{_where(exc)}") from exc
-    except ValueError as exc:
-        raise Unreadable(f"malformed YAML: {_unbuildable(exc)}") from exc
 
 
 def load_all(text: str) -> Iterator[object]:
     """Each YAML document of ``text``, in order (None for an empty one)."""
-    try:
+    with _as_unreadable():
         yield from yaml.load_all(text, Loader=StrictLoader)
+
+
+@contextmanager
+def _as_unreadable() -> Iterator[None]:
+    try:
+        yield
     except yaml.YAMLError as exc:
         raise Unreadable(f"malformed YAML{_where(exc)}") from exc
     except ValueError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import strict_json, written
@@ -21,7 +22,7 @@ from agent.protocol import Rejected, dumps, parse_desired
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024  # the agent's default limits.max_payload_bytes
 # Thousands of documents of a few KiB each; past this a path names something else (/dev/zero, a disk image).
 MAX_FILE_BYTES = 64 << 20
-STDIN = written.STDIN
+STDIN = "-"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,11 @@ def _label(path: str) -> str:
 def _documents_in(path: str) -> Iterator[object]:
     """The documents of one file: a ``.json`` file as JSON, anything else as (multi-document) YAML."""
     try:
-        text = written.read_text(path, MAX_FILE_BYTES)
+        text = (
+            written.read_stdin(MAX_FILE_BYTES)
+            if path == STDIN
+            else written.read_text(Path(path), MAX_FILE_BYTES)
+        )
         if path.endswith(".json"):
             data = _json(text)
             yield from data if isinstance(data, list) else [data]
