@@ -279,18 +279,20 @@ class Runtime:
         one committed, so decisions for one execution never interleave. A control document is applied
         between groups, in its place: admission decides on the cordon in force."""
         group: list[tuple[Decision, int | None]] = []
+        deciding: set[str] = set()  # the executions decided in ``group``
         for delivery in deliveries:
             if isinstance(delivery, ControlDelivery):
                 self._settle(group)
-                group = []
+                group, deciding = [], set()
                 self.apply_control(delivery.parsed)
                 continue
-            if any(decision.execution_id == delivery.execution_id for decision, _ in group):
+            if delivery.execution_id in deciding:
                 self._settle(group)
-                group = []
+                group, deciding = [], set()
             decision = self._decide(delivery.execution_id, delivery.event)
             if decision is not None:
                 group.append((decision, delivery.mail_seq))
+                deciding.add(delivery.execution_id)
         self._settle(group)
 
     def _settle(self, group: list[tuple[Decision, int | None]]) -> None:

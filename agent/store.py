@@ -76,6 +76,7 @@ class Store:
         self._stamps: dict[int, float] = {}
         self._stamping: list[tuple[int, float]] = []
         self._deleted = 0  # outbox rows up to here are deleted
+        self._never_accepted_added = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(path.with_suffix(".lock"))
         try:
@@ -156,6 +157,7 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
+        self._never_accepted_added = 0  # rows added in this transaction (never_accepted_count: before it)
         try:
             yield
         except BaseException:
@@ -198,6 +200,8 @@ class Store:
         return executions
 
     def never_accepted(self, execution_id: str) -> NeverAccepted | None:
+        if not self.never_accepted_count:
+            return None  # asked for every new execution: an empty table needs no query
         row = self._db.execute(
             "SELECT state FROM never_accepted WHERE execution_id = ?", (execution_id,)
         ).fetchone()
@@ -286,18 +290,32 @@ class Store:
 
     def _put(self, state: Execution | NeverAccepted | Absent) -> int:
         """Keep ``state`` in its table and in no other (inside a transaction); the change in the number
-        of never-accepted executions (-1, 0 or 1)."""
-        change = 0
-        for table, kind in (("executions", Execution), ("never_accepted", NeverAccepted)):
-            removed = self._db.execute(f"DELETE FROM {table} WHERE execution_id = ?", (state.execution_id,))
-            if isinstance(state, kind):
-                self._db.execute(
-                    f"INSERT INTO {table} (execution_id, state) VALUES (?, ?)",
-                    (state.execution_id, state.model_dump_json()),
-                )
-            if kind is NeverAccepted:
-                change = int(isinstance(state, kind)) - removed.rowcount
-        return change
+        of never-accepted executions (-1, 0 or 1). As few statements as it takes: each one hands the GIL
+        to the spawning threads and waits to get it back (a burst's decisions commit on the loop's thread)."""
+        execution_id = state.execution_id
+        if isinstance(state, Execution):
+            self._db.execute(
+                "INSERT INTO executions (execution_id, state) VALUES (?, ?) "
+                "ON CONFLICT (execution_id) DO UPDATE SET state = excluded.state",
+                (execution_id, state.model_dump_json()),
+            )
+        else:
+            self._db.execute("DELETE FROM executions WHERE execution_id = ?", (execution_id,))
+        if not isinstance(state, NeverAccepted) and not self._may_hold_never_accepted():
+            return 0  # the table is empty: nothing of this execution to remove from it
+        removed = self._db.execute("DELETE FROM never_accepted WHERE execution_id = ?", (execution_id,))
+        if not isinstance(state, NeverAccepted):
+            return -removed.rowcount
+        self._db.execute(
+            "INSERT INTO never_accepted (execution_id, state) VALUES (?, ?)",
+            (execution_id, state.model_dump_json()),
+        )
+        self._never_accepted_added += 1
+        return 1 - removed.rowcount
+
+    def _may_hold_never_accepted(self) -> bool:
+        """Whether the never_accepted table may have rows now, inside the open transaction."""
+        return self.never_accepted_count > 0 or self._never_accepted_added > 0
 
     def control(self) -> NodeControl:
         """The node's control state (cordon): a ``control`` row of ``meta``, absent before the first
@@ -349,15 +367,16 @@ class Store:
             if m.decided_at is not None and cursor.lastrowid is not None:
                 self._stamping.append((cursor.lastrowid, m.decided_at))
         # The copy to republish when the broker has lost it; an empty retained payload clears the topic.
-        kept = [m for m in messages if m.retain]
-        self._db.executemany(
-            "INSERT INTO retained (topic, payload) VALUES (?, ?) "
-            "ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload",
-            ((m.topic, m.payload) for m in kept if m.payload),
-        )
-        self._db.executemany(
-            "DELETE FROM retained WHERE topic = ?", ((m.topic,) for m in kept if not m.payload)
-        )
+        kept = [m for m in messages if m.retain and m.payload]
+        cleared = [m for m in messages if m.retain and not m.payload]
+        if kept:
+            self._db.executemany(
+                "INSERT INTO retained (topic, payload) VALUES (?, ?) "
+                "ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload",
+                ((m.topic, m.payload) for m in kept),
+            )
+        if cleared:
+            self._db.executemany("DELETE FROM retained WHERE topic = ?", ((m.topic,) for m in cleared))
 
     def retained(self) -> dict[str, bytes]:
         """The last retained payload queued per topic (cleared topics have none): what the broker should hold."""
