@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -38,7 +39,7 @@ from agent.outbox import Message, Outbox, Rows
 from agent.protocol import Topics, dumps
 from agent.tcp import acknowledge_at_once, write_at_once
 from agent.tls import connect_hint
-from agent.window import Window
+from agent.window import Acknowledgement, Window
 
 log = structlog.get_logger("agent.mqtt")
 
@@ -284,21 +285,34 @@ class MqttLink:
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         """The single writer of everything this node publishes: outbox rows in order, with up to
-        PUBLISH_WINDOW unacknowledged (agent/window.py), and the node status once the rows are out."""
+        PUBLISH_WINDOW unacknowledged (agent/window.py), and the node status once the rows are out. A
+        publish unacknowledged for PUBLISH_TIMEOUT_S ends the connection (its rows go again on the next)."""
         try:
-            async with asyncio.TaskGroup() as flights:
-                window = Window(PUBLISH_WINDOW, flights, self._outbox.wake)
-                while True:
-                    self._outbox.wake.clear()
-                    self._land(window)
-                    if window.room:
-                        self._fill(client, window)
-                    if window.empty:
-                        self._outbox.idle.set()
-                    await self._outbox.wake.wait()
+            window = Window(PUBLISH_WINDOW, PUBLISH_TIMEOUT_S)
+            while True:
+                self._outbox.wake.clear()
+                self._land(window)
+                if window.room:
+                    self._fill(client, window)
+                if window.empty:
+                    self._outbox.idle.set()
+                await self._woken(window.deadline)
         except BaseException:
             self._outbox.node_status_dirty = True  # the node status may not have gone out
             raise
+
+    async def _woken(self, deadline: float | None) -> None:
+        """Wait for new rows or a landing; by ``deadline`` (loop time) at the latest, or fail."""
+        if deadline is None:
+            await self._outbox.wake.wait()
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._outbox.wake.wait()
+        except TimeoutError:
+            raise aiomqtt.MqttError(
+                f"the broker acknowledged no publish for {PUBLISH_TIMEOUT_S:.0f} s"
+            ) from None
 
     def _land(self, window: Window) -> None:
         upto, messages = window.landed()
@@ -315,8 +329,9 @@ class MqttLink:
     def _fill(self, client: aiomqtt.Client, window: Window) -> None:
         room = window.room
         rows = self._store.pending(room, after=window.last_seq)
+        now = asyncio.get_running_loop().time()
         for row in rows:
-            window.send(row.seq, row.message, self._send(client, row.message))
+            window.send(row.seq, row.message, self._start_publish(client, row.message), now)
         if self._outbox.node_status_dirty and not self._closing and window.room:
             self._node_status_if_due(client, window, caught_up=len(rows) < room)
 
@@ -339,7 +354,24 @@ class MqttLink:
         self._status_dirty_since = None
         self._status_sent_at = now
         status = Message(self.topics.node_status, dumps(self._node_status("online")), retain=True)
-        window.send(None, status, self._send(client, status))
+        window.send(None, status, self._start_publish(client, status), now)
+
+    def _start_publish(self, client: aiomqtt.Client, message: Message) -> Acknowledgement:
+        """Hand ``message`` to paho now (QoS 1); what its PUBACK sets.
+
+        Not aiomqtt's ``publish()``: each call of it makes a task, an event, a timeout and two passes over
+        every pending call, a large share of the event loop's time through a burst of thousands of
+        statuses, and the window needs one timer for all of them. This fills the same table aiomqtt's
+        ``on_publish`` empties (aiomqtt 2.x, pinned), so the PUBACK is matched as before."""
+        acknowledged = Acknowledgement(self._outbox.wake)
+        info = client._client.publish(message.topic, message.payload, qos=1, retain=message.retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if info.is_published():  # acknowledged already: never, as the PUBACK is read on a later turn
+            acknowledged.set()
+        else:
+            client._pending_publishes[info.mid] = acknowledged
+        return acknowledged
 
     @staticmethod
     async def _send(client: aiomqtt.Client, message: Message) -> None:

@@ -8,35 +8,51 @@ the outbox row of a message is acknowledged only once its own PUBACK and those o
 have come. paho writes them to the one TCP connection in the order they are started, so order per
 topic (and overall) is the outbox's order; after a lost connection the rows not yet acknowledged are
 sent again, in order, as exact copies.
+
+A flight is an :class:`Acknowledgement` the client sets when the PUBACK comes, not a task awaiting
+aiomqtt's ``publish()``: one timer for the whole window (its oldest flight's deadline) replaces a task,
+a timeout and an event per publish, which through a burst of thousands of statuses was a large share of
+the event loop's time (agent/mqtt.py, ``_start_publish``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from agent.outbox import Message
+
+
+class Acknowledgement(asyncio.Event):
+    """Set once the broker has acknowledged one publish; setting it wakes the publisher.
+
+    An ``asyncio.Event``, as the client's table of pending publishes holds (aiomqtt calls ``set()`` on
+    the PUBACK)."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake.set()
 
 
 @dataclass(frozen=True)
 class Flight:
     seq: int | None  # its outbox row; None for what is not in the outbox (the node status)
     message: Message
-    task: asyncio.Task[None]
+    acknowledged: asyncio.Event
+    deadline: float  # loop time by which its PUBACK must have come
 
 
 class Window:
-    """Publishes started into a TaskGroup (a failed one ends the group, and so the connection).
+    """Publishes sent and not yet landed, oldest first."""
 
-    ``wake`` is set whenever one lands, so the publisher's single wait covers new rows and landings.
-    """
-
-    def __init__(self, size: int, flights: asyncio.TaskGroup, wake: asyncio.Event) -> None:
+    def __init__(self, size: int, timeout_s: float) -> None:
         self.size = size
-        self._flights = flights
-        self._wake = wake
+        self.timeout_s = timeout_s
         self._in_flight: deque[Flight] = deque()
         self.last_seq: int | None = None  # the highest outbox row sent on this connection
 
@@ -48,11 +64,17 @@ class Window:
     def empty(self) -> bool:
         return not self._in_flight
 
-    def send(self, seq: int | None, message: Message, publish: Awaitable[None]) -> None:
-        """Start ``publish`` (the publish of ``message``) now: its first step hands it to paho in order."""
-        task = self._flights.create_task(_awaited(publish), name=f"publish:{seq}")
-        task.add_done_callback(lambda _: self._wake.set())
-        self._in_flight.append(Flight(seq, message, task))
+    @property
+    def deadline(self) -> float | None:
+        """When the oldest publish not landed must have been acknowledged (None: nothing in flight).
+
+        After :meth:`landed` the oldest is unacknowledged, and it was sent first, so its deadline is the
+        earliest: one timer watches them all."""
+        return self._in_flight[0].deadline if self._in_flight else None
+
+    def send(self, seq: int | None, message: Message, acknowledged: asyncio.Event, now: float) -> None:
+        """Record ``message``, just handed to the client at loop time ``now``, as in flight."""
+        self._in_flight.append(Flight(seq, message, acknowledged, now + self.timeout_s))
         if seq is not None:
             self.last_seq = seq
 
@@ -60,18 +82,9 @@ class Window:
         """The acknowledged prefix, taken out of the window: its highest outbox row, and its messages."""
         upto: int | None = None
         messages: list[Message] = []
-        while self._in_flight and _acknowledged(self._in_flight[0].task):
+        while self._in_flight and self._in_flight[0].acknowledged.is_set():
             flight = self._in_flight.popleft()
             messages.append(flight.message)
             if flight.seq is not None:
                 upto = flight.seq
         return upto, messages
-
-
-def _acknowledged(task: asyncio.Task[None]) -> bool:
-    # A cancelled or failed publish ends the window's TaskGroup, so this is belt and braces.
-    return task.done() and not task.cancelled() and task.exception() is None
-
-
-async def _awaited(publish: Awaitable[None]) -> None:
-    await publish
