@@ -292,8 +292,7 @@ class MqttLink:
             while True:
                 self._outbox.wake.clear()
                 self._land(window)
-                if window.room:
-                    self._fill(client, window)
+                self._fill(client, window)
                 if window.empty:
                     self._outbox.idle.set()
                 await self._woken(window.deadline)
@@ -328,11 +327,15 @@ class MqttLink:
 
     def _fill(self, client: aiomqtt.Client, window: Window) -> None:
         room = window.room
-        rows = self._store.pending(room, after=window.last_seq)
+        rows = self._store.pending(room, after=window.last_seq) if room > 0 else []
         now = asyncio.get_running_loop().time()
         for row in rows:
             window.send(row.seq, row.message, self._start_publish(client, row.message), now)
-        if self._outbox.node_status_dirty and not self._closing and window.room:
+        # One node status may go past a full window (paho holds it until a slot frees, then sends it
+        # before the rows after it): through a backlog that never lets the window empty, on a slow broker,
+        # it must still go out every NODE_STATUS_MAX_LAG_S, not wait for the backlog's end.
+        due = window.room > 0 or not window.unsequenced
+        if self._outbox.node_status_dirty and not self._closing and due:
             self._node_status_if_due(client, window, caught_up=len(rows) < room)
 
     def _node_status_if_due(self, client: aiomqtt.Client, window: Window, *, caught_up: bool) -> None:

@@ -55,6 +55,7 @@ class Window:
         self.timeout_s = timeout_s
         self._in_flight: deque[Flight] = deque()
         self.last_seq: int | None = None  # the highest outbox row sent on this connection
+        self.unsequenced = 0  # flights that are no outbox row (the node status)
 
     @property
     def room(self) -> int:
@@ -75,7 +76,9 @@ class Window:
     def send(self, seq: int | None, message: Message, acknowledged: asyncio.Event, now: float) -> None:
         """Record ``message``, just handed to the client at loop time ``now``, as in flight."""
         self._in_flight.append(Flight(seq, message, acknowledged, now + self.timeout_s))
-        if seq is not None:
+        if seq is None:
+            self.unsequenced += 1
+        else:
             self.last_seq = seq
 
     def landed(self) -> tuple[int | None, list[Message]]:
@@ -85,6 +88,8 @@ class Window:
         while self._in_flight and self._in_flight[0].acknowledged.is_set():
             flight = self._in_flight.popleft()
             messages.append(flight.message)
-            if flight.seq is not None:
+            if flight.seq is None:
+                self.unsequenced -= 1
+            else:
                 upto = flight.seq
         return upto, messages

@@ -34,6 +34,7 @@ async def test_a_later_acknowledgement_lands_only_with_every_earlier_one() -> No
     acks[2].set()
     assert window.landed() == (3, [message(3)])
     assert not window.empty  # the node status, never acknowledged here
+    assert window.unsequenced == 1  # so no second one goes past the full window (agent/mqtt.py)
 
 
 async def test_the_deadline_is_the_oldest_unacknowledged_flights() -> None:
