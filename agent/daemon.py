@@ -29,7 +29,7 @@ from agent.capacity import CapacityWatch, measure
 from agent.client_options import client_settings
 from agent.clock import Clock
 from agent.config import AgentConfig, ConfigError
-from agent.executors import logwriter
+from agent.executors import native
 from agent.executors.logs import rotate_forever
 from agent.executors.process import ProcessExecutor
 from agent.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -84,14 +84,14 @@ class Agent:
         )
         inbox, effects = Inbox(), Tasks(config.node_id)
         # Before the first spawn, in a thread: a first start on a node compiles it (a fraction of a second).
-        writer = await asyncio.to_thread(logwriter.build, logwriter.cache_dir(config.state_dir))
+        supervisor = await asyncio.to_thread(native.build, native.cache_dir(config.state_dir))
         self.runtime = Runtime(
             self.store,
             ProcessExecutor(
                 config.state_dir,
                 open_files=open_files.workload_limit(),
                 workload_logs=config.workload_logs,
-                log_writer=writer,
+                native_supervisor=supervisor,
             ),
             self.topics,
             self.outbox,

@@ -4,9 +4,9 @@ The executor prepares and (format 1) rotates them (agent/executors/logs.py), run
 the results archive reads them whole (agent/results/pack.py), logs on request reads ranges
 (agent/log_service.py); all take the layout from here, so none imports another.
 
-Format 2 (docs/upgrade.md, docs/design.md "Workload logs"): the workload writes into two FIFOs
-(``stdout.fifo``, ``stderr.fifo``); a writer beside the supervisor (supervisor.sh ``segments``) copies
-each into segments ``<stream>.<offset>.<attempt>.log`` of exactly ``max_bytes`` bytes, ``offset`` (20
+Format 2 (docs/upgrade.md, docs/design.md "Workload logs"): the workload writes into two pipes (the
+native supervisor, agent/executors/supervisor.c) or FIFOs (``stdout.fifo``, ``stderr.fifo``: the shell
+supervisor's); the supervisor (or its writers, supervisor.sh ``segments``) copies each into segments ``<stream>.<offset>.<attempt>.log`` of exactly ``max_bytes`` bytes, ``offset`` (20
 digits) being where the segment's first byte sits in the stream's whole log, and removes the oldest
 before it starts a new one, so that at most ``keep`` full segments and the one being written remain.
 Attempts append to one stream: each starts a segment of its own at the end of the last one

@@ -5,10 +5,10 @@
 A workload writes ``--rate-mb`` MB/s (and then as fast as it can) of 64 KiB blocks, then ``end`` with no
 newline, and exits. Each writer is measured on the same workload in the same run:
 
-- ``native``: the agent's own (agent/executors/logwriter.c beside supervisor.sh: both FIFOs copied by
-  one small process into segments, the oldest removed before each new one), built here as the agent
-  builds it (skipped without a C compiler);
-- ``segments``: the supervisor's shell writers, its fallback without a compiler (each FIFO copied by
+- ``native``: the agent's own (agent/executors/supervisor.c: the supervisor copies both pipes into
+  segments itself, the oldest removed before each new one), built here as the agent builds it (skipped
+  without a C compiler);
+- ``segments``: the shell supervisor's writers, its fallback without a compiler (each FIFO copied by
   ``stdbuf -o0 head -c`` per segment, in a dash loop);
 - ``copytruncate``: the workload appends to a file that ``rotate_forever`` rotates every 5 s (the agent
   before format 2: the baseline);
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from agent import streams  # noqa: E402
 from agent.config import WorkloadLogsConfig  # noqa: E402
-from agent.executors import logs, logwriter  # noqa: E402
+from agent.executors import logs, native  # noqa: E402
 from agent.executors.process import _supervisor_script  # noqa: E402
 
 # Writes RATE bytes/s (0: as fast as it can) for SECONDS, in 64 KiB blocks, then "end" and exits.
@@ -62,7 +62,7 @@ print(sent + 3, time.monotonic() - start, file=sys.stderr)
 """
 
 
-SUPERVISED = ("native", "segments")  # the writers supervisor.sh runs: the agent's
+SUPERVISED = ("native", "segments")  # the agent's: the native supervisor, or supervisor.sh
 
 
 @dataclass(frozen=True)
@@ -110,26 +110,15 @@ def measure(
     rotator: threading.Thread | None = None
     rotation_done = threading.Event()
     if kind in SUPERVISED:
-        native = ""
+        launcher = ["/bin/sh", _supervisor_script()]
         if kind == "native":
-            built = logwriter.build(scratch / "cache")
+            built = native.build(scratch / "cache")
             if built is None:
                 return None
-            native = str(built)
-        logs.prepare(directory)
+            launcher = [str(built), "supervise"]
+        logs.prepare(directory, fifos=kind != "native")
         nofile = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        command = [
-            "/bin/sh",
-            _supervisor_script(),
-            str(directory),
-            "1",
-            nofile,
-            str(max_bytes),
-            str(keep),
-            "0",
-            "0",
-            native,
-        ]
+        command = [*launcher, str(directory), "1", nofile, str(max_bytes), str(keep), "0", "0"]
         stderr_name = None
     elif kind == "copytruncate":
         command = ["sh", "-c", f'exec "$@" >>{directory}/stdout.log', "sh"]

@@ -9,7 +9,8 @@ executions `running` (each re-adopted: the pids are checked to be the same as be
 measured in the same run, is the same start with an empty state directory (no workloads).
 
 Memory: the proportional set size (PSS, /proc/PID/smaps_rollup) of every supervisor with its log writers
-(its descendants but the workload), median and mean, and of the supervisor alone, next to a bare waiting
+(its descendants but the workload: none for the native supervisor, which writes its logs itself; the
+shell supervisor's writers where the agent could build none), median and mean, and of the supervisor alone, next to a bare waiting
 dash (`sh -c 'sleep 600 & wait'`) measured in the same run.
 """
 
@@ -51,7 +52,8 @@ def pss_kib(pid: int) -> int:
 
 
 def with_writers_kib(supervisor: int, workload: int) -> int:
-    """The supervisor's PSS and its descendants' (the log writers and their heads), the workload's apart."""
+    """The supervisor's PSS and its descendants' (the shell's log writers and their heads), the workload's
+    apart."""
     try:
         family = {c.pid for c in psutil.Process(supervisor).children(recursive=True)}
         family -= {workload} | {c.pid for c in psutil.Process(workload).children(recursive=True)}

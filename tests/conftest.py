@@ -25,7 +25,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from agent.executors import logwriter  # noqa: E402
+from agent.executors import native  # noqa: E402
 from tests.support import leftovers, programs  # noqa: E402
 from tests.support.broker import Broker, describe_kind  # noqa: E402
 from tests.support.mqtt import Probe  # noqa: E402
@@ -75,27 +75,27 @@ def _base_temp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _writer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One cache of the native log writer for the session (agent/executors/logwriter.py): every agent a
+def _native_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache of the native supervisor for the session (agent/executors/native.py): every agent a
     test starts, in this process or another, finds it built instead of compiling it for its own state."""
-    cache = tmp_path_factory.mktemp("log-writer-cache")
-    before = os.environ.get(logwriter.CACHE_ENV)
-    os.environ[logwriter.CACHE_ENV] = str(cache)
+    cache = tmp_path_factory.mktemp("native-cache")
+    before = os.environ.get(native.CACHE_ENV)
+    os.environ[native.CACHE_ENV] = str(cache)
     try:
         yield cache
     finally:
         if before is None:
-            del os.environ[logwriter.CACHE_ENV]
+            del os.environ[native.CACHE_ENV]
         else:
-            os.environ[logwriter.CACHE_ENV] = before
+            os.environ[native.CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")
-def native_writer(_writer_cache: Path) -> Path:
-    """The native log writer, built (a test that uses it needs a C compiler: tests/support/programs.py)."""
+def native_supervisor(_native_cache: Path) -> Path:
+    """The native supervisor, built (a test that uses it needs a C compiler: tests/support/programs.py)."""
     programs.require("cc")
-    built = logwriter.build(_writer_cache)
-    assert built is not None, "cc is installed but the native log writer was not built (see the log)"
+    built = native.build(_native_cache)
+    assert built is not None, "cc is installed but the native supervisor was not built (see the log)"
     return built
 
 

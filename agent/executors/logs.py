@@ -1,9 +1,10 @@
-"""Workload logs on the executor's side: the FIFOs and marker of format 2 made before each spawn
-(:func:`prepare`; the layout and the readers are agent/streams.py), and the rotation of format-1 logs.
+"""Workload logs on the executor's side: the marker of format 2 (and the shell supervisor's FIFOs) made
+before each spawn (:func:`prepare`; the layout and the readers are agent/streams.py), and the rotation
+of format-1 logs.
 
-Format 2's writers (supervisor.sh) keep each stream within ``max_bytes x (1 + keep)`` themselves. What
-follows is format 1, for supervisors of older agents that outlive an upgrade: ``stdout.log`` and
-``stderr.log`` written directly by the workload.
+Format 2's writers (supervisor.c, or supervisor.sh's) keep each stream within ``max_bytes x (1 + keep)``
+themselves. What follows is format 1, for supervisors of older agents that outlive an upgrade:
+``stdout.log`` and ``stderr.log`` written directly by the workload.
 
 The supervisor (supervisor.sh) holds each stream open with O_APPEND for as long as the workload runs, and
 may outlive the agent, so a log cannot be renamed away: the workload would keep writing to the renamed
@@ -139,8 +140,8 @@ async def rotate_forever(root: Path, max_bytes: int, keep: int, interval_s: floa
         await asyncio.sleep(interval_s)
 
 
-# What supervisor.sh's shell log writers run besides sh's builtins (all coreutils); the native writer
-# (agent/executors/logwriter.py) needs none of them.
+# What supervisor.sh's shell log writers run besides sh's builtins (all coreutils); the native supervisor
+# (agent/executors/native.py) needs none of them.
 WRITER_PROGRAMS = ("stdbuf", "head", "wc", "sleep", "rm")
 
 
@@ -153,9 +154,10 @@ def writer_problem() -> str | None:
     return f"the workload log writer needs {', '.join(absent)} (Debian package coreutils) on PATH"
 
 
-def prepare(run_dir: Path) -> None:
-    """Before a spawn: fresh FIFOs for the supervisor's writers (supervisor.sh), and the format marker."""
-    for name in STREAM_NAMES:
+def prepare(run_dir: Path, *, fifos: bool = True) -> None:
+    """Before a spawn: the format marker, and fresh FIFOs for the shell supervisor's writers
+    (supervisor.sh) if ``fifos``; the native supervisor gives its workload pipes and needs none."""
+    for name in STREAM_NAMES if fifos else ():
         fifo = run_dir / f"{name}.fifo"
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo, 0o600)

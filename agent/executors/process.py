@@ -148,16 +148,17 @@ class ProcessExecutor:
         containment: Containment | None = None,
         open_files: int | None = None,
         workload_logs: WorkloadLogsConfig | None = None,
-        log_writer: Path | None = None,
+        native_supervisor: Path | None = None,
     ) -> None:
         """``open_files``: the soft open-files limit each workload gets (default: the agent's own now);
-        ``workload_logs``: the bound of its logs (default: the configuration's defaults); ``log_writer``:
-        the native log writer (agent/executors/logwriter.py builds it), None for the shell writers."""
+        ``workload_logs``: the bound of its logs (default: the configuration's defaults);
+        ``native_supervisor``: the native supervisor (agent/executors/native.py builds it), None for the
+        shell supervisor (supervisor.sh) and its shell writers."""
         self.root = state_dir / "executions"
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if open_files is None else open_files
         self._open_files = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
         self.log_limits = workload_logs if workload_logs is not None else WorkloadLogsConfig()
-        self.log_writer = log_writer
+        self.native_supervisor = native_supervisor
         self.containment = containment if containment is not None else open_containment(state_dir)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         # The limit the latest spawn failed on, until one succeeds (set from the spawning thread).
@@ -219,7 +220,7 @@ class ProcessExecutor:
                 raise SpawnError(f"working_dir {cwd[:200]!r} cannot be used: {exc}") from exc
             if not is_dir:
                 raise SpawnError(f"working_dir {cwd!r} is not a directory")
-        problem = logs.writer_problem() if self.log_writer is None else None
+        problem = logs.writer_problem() if self.native_supervisor is None else None
         if problem is not None:
             raise SpawnError(problem)
         program = spec.command[0]
@@ -244,20 +245,21 @@ class ProcessExecutor:
                 starts = [str(end_offset(run_dir, stream)) for stream in STREAM_NAMES]
             if cgroup is not None:
                 self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
-            logs.prepare(run_dir)
+            native = self.native_supervisor
+            logs.prepare(run_dir, fifos=native is None)
             limits = self.log_limits
+            # The same arguments for both (supervisor.sh's header); the native one takes a mode word.
+            launcher = [str(native), "supervise"] if native is not None else ["/bin/sh", _supervisor_script()]
             with (run_dir / "supervisor.log").open("ab") as supervisor_log:
                 supervisor = subprocess.Popen(
                     [
-                        "/bin/sh",
-                        _supervisor_script(),
+                        *launcher,
                         str(run_dir),
                         str(attempt),
                         self._open_files,
                         str(limits.max_bytes),
                         str(limits.keep),
                         *starts,
-                        "" if self.log_writer is None else str(self.log_writer),
                         *spec.command,
                     ],
                     stdin=subprocess.DEVNULL,

@@ -1,17 +1,16 @@
-# The supervisor beside each workload: its real parent, it reaps the workload and records its exit status.
-# It is POSIX sh (dash on Debian: about 150 KiB PSS while it waits) so that a workload costs almost
-# nothing extra, and it outlives the agent: the agent can be restarted or killed and re-adopts the
+# The shell supervisor beside each workload: its real parent, it reaps the workload and records its exit
+# status. The agent runs it where it could not build the native supervisor (supervisor.c, the same
+# contract in one process: no compiler on the node); it is POSIX sh (dash on Debian) so that it runs
+# everywhere, and it outlives the agent: the agent can be restarted or killed and re-adopts the
 # workload by reading the pid and exit files this script writes. See docs/design.md.
 #
 # Its files are format 2 of a contract between agent versions (docs/upgrade.md): change them only as it says.
 #
-# usage: supervisor.sh RUN_DIR ATTEMPT NOFILE MAX_BYTES KEEP STDOUT_AT STDERR_AT WRITER COMMAND [ARG...]
+# usage: supervisor.sh RUN_DIR ATTEMPT NOFILE MAX_BYTES KEEP STDOUT_AT STDERR_AT COMMAND [ARG...]
 #   NOFILE                                    the soft open-files limit the workload gets (the agent's own
 #                                             as it was started: the agent raises its own, agent/open_files.py)
 #   RUN_DIR/stdout.fifo, RUN_DIR/stderr.fifo  made by the agent: the workload writes its output into them
-#   WRITER                                    the native log writer (agent/executors/logwriter.c, built
-#                                             by the agent), or empty: the shell's own writers below
-#   RUN_DIR/stdout.<OFFSET>.<ATTEMPT>.log      the output, in segments of MAX_BYTES, written by a writer
+#   RUN_DIR/stdout.<OFFSET>.<ATTEMPT>.log      the output, in segments of MAX_BYTES, written by writers
 #   RUN_DIR/stderr.<OFFSET>.<ATTEMPT>.log      beside the supervisor (OFFSET: 20 digits, where the segment
 #                                              starts in the stream's whole log, STDOUT_AT/STDERR_AT for
 #                                              the first; at most KEEP full segments and the one written)
@@ -29,11 +28,9 @@ max=$4
 keep=$5
 out_at=$6
 err_at=$7
-writer=$8
-shift 8
-[ -x "$writer" ] || writer= # removed or unusable since the agent checked it: the shell writers still work
+shift 7
 
-# The shell's log writer of one stream (docs/design.md, "Workload logs"), when there is no native one: copies the FIFO into segments of exactly
+# The log writer of one stream (docs/design.md, "Workload logs"): copies the FIFO into segments of exactly
 # $max bytes with head, which writes what it reads at once, whatever the bytes (no line buffering); before
 # each new segment the oldest are removed so that at most $keep full ones remain. It outlives the agent,
 # so the bound holds and the workload never blocks on its output while the agent is down. Offsets are
@@ -79,16 +76,11 @@ echo "$child"
 exec >/dev/null
 # The writers start after the pid went out (the workload's open of its FIFO waits for them meanwhile);
 # they are outside the workload's cgroup and session, so a stop never kills them before they have written
-# everything the workload wrote. The native one writes both streams and watches the workload itself.
-if [ -n "$writer" ]; then
-	"$writer" "$d" "$n" "$max" "$keep" "$out_at" "$err_at" "$child" &
-	out=$!
-else
-	segments stdout "$out_at" <"$d/stdout.fifo" &
-	out=$!
-	segments stderr "$err_at" <"$d/stderr.fifo" &
-	err=$!
-fi
+# everything the workload wrote.
+segments stdout "$out_at" <"$d/stdout.fifo" &
+out=$!
+segments stderr "$err_at" <"$d/stderr.fifo" &
+err=$!
 # After the pid went to the agent: creating a file costs half a millisecond, and the agent only needs this
 # one if it dies before recording the pid, which takes it longer than this.
 echo "$child" >"$d/pid-$n"
@@ -96,28 +88,24 @@ wait "$child"
 code=$?
 # The exit file tells the agent the attempt's output is complete: wait for the writers to reach the end of
 # their streams first, but no more than 2 s (a process the workload left behind may hold them open; the
-# writers then go on without the supervisor). The native writer keeps that bound itself.
-if [ -n "$writer" ]; then
-	wait "$out"
-else
-	# A workload that died before it opened both FIFOs (killed right after the spawn) leaves a writer
-	# blocked in its open for ever. Opening a FIFO for reading and writing never blocks (Linux): that open
-	# lets such a writer's open return, and closing it at once gives the writer its end of stream. Done
-	# again after the wait below, for a writer that only reached its open later.
-	unblock() {
-		exec 3<>"$d/stdout.fifo" 4<>"$d/stderr.fifo"
-		exec 3>&- 4>&-
-	}
-	unblock
-	# The timer is a session of its own (setsid execs in the forked shell, so $! is its leader), killed
-	# whole: killing the shell alone would leave its sleep behind for the rest of the 2 s.
-	trap : USR2
-	setsid sh -c 'sleep 2 && kill -s USR2 "$1"' timer $$ 2>/dev/null &
-	timer=$!
-	wait "$out" "$err"
-	kill -s KILL -- "-$timer" 2>/dev/null || kill -s KILL "$timer" 2>/dev/null
-	unblock
-fi
+# writers then go on without the supervisor).
+# A workload that died before it opened both FIFOs (killed right after the spawn) leaves a writer
+# blocked in its open for ever. Opening a FIFO for reading and writing never blocks (Linux): that open
+# lets such a writer's open return, and closing it at once gives the writer its end of stream. Done
+# again after the wait below, for a writer that only reached its open later.
+unblock() {
+	exec 3<>"$d/stdout.fifo" 4<>"$d/stderr.fifo"
+	exec 3>&- 4>&-
+}
+unblock
+# The timer is a session of its own (setsid execs in the forked shell, so $! is its leader), killed
+# whole: killing the shell alone would leave its sleep behind for the rest of the 2 s.
+trap : USR2
+setsid sh -c 'sleep 2 && kill -s USR2 "$1"' timer $$ 2>/dev/null &
+timer=$!
+wait "$out" "$err"
+kill -s KILL -- "-$timer" 2>/dev/null || kill -s KILL "$timer" 2>/dev/null
+unblock
 rm -f "$d/stdout.fifo" "$d/stderr.fifo" # opened by all who use them: the names only get in a copy's way
 printf '%s\n' "$code" >"$d/exit-$n.tmp" && sync "$d/exit-$n.tmp" && mv -f "$d/exit-$n.tmp" "$d/exit-$n" && sync "$d"
 exit "$code"

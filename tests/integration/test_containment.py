@@ -344,7 +344,7 @@ async def test_in_a_cgroup_of_its_own_the_agent_moves_into_a_leaf_and_puts_workl
         started = await run(probe, ["sleep", "600"])
         assert agent.proc.pid in cgroups.procs(service / "agent")  # with the supervisors, its children
         assert cgroups.procs(service) == []
-        # It joins its cgroup a moment after the spawn reported its pid (supervisor.sh).
+        # It joins its cgroup a moment after the spawn reported its pid (supervisor.c, supervisor.sh).
         wait_until_sync(
             lambda: cgroups.procs(workloads / f"{EID}-1") == [pid_of(started)],
             timeout=10,

@@ -1,5 +1,6 @@
-"""The supervisor's two log writers, each against real workloads: the native one (agent/executors/logwriter.c,
-built by agent/executors/logwriter.py) and the shell's, its fallback. Both must make the same files:
+"""The log writing of the two supervisors, each against real workloads: the native supervisor, which copies
+its workload's output itself (agent/executors/supervisor.c, built by agent/executors/native.py), and the
+shell's writers, its fallback (supervisor.sh). Both must make the same files:
 segments of exactly max_bytes named by their offset, at most keep full ones and the one being written per
 stream across attempts, every byte as written; neither may leave a process behind, and the exit is
 recorded even while a process the workload left behind holds its output open.
@@ -18,7 +19,7 @@ import pytest
 
 from agent.config import WorkloadLogsConfig
 from agent.core.model import ProcessRef
-from agent.executors import logwriter
+from agent.executors import native
 from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
 from agent.protocol import Spec
@@ -54,12 +55,12 @@ FLOOD_BYTES = 384 * 65536 + 3
 
 @pytest.fixture(params=["native", "shell"])
 def executor(state_dir: Path, request: pytest.FixtureRequest) -> ProcessExecutor:
-    writer = request.getfixturevalue("native_writer") if request.param == "native" else None
+    supervisor = request.getfixturevalue("native_supervisor") if request.param == "native" else None
     return ProcessExecutor(
         state_dir,
         Containment(kind="process-group", reason="the writers are outside any cgroup anyway"),
         workload_logs=WorkloadLogsConfig(max_bytes=MAX_BYTES, keep=KEEP),
-        log_writer=writer,
+        native_supervisor=supervisor,
     )
 
 
@@ -83,7 +84,8 @@ def of_pattern(start: int, size: int) -> bytes:
 
 
 def session_of(supervisor: int) -> list[str]:
-    """What still runs in the supervisor's session (its writers and timers; the workload has its own)."""
+    """What still runs in the supervisor's session (its writers and timers, or the native one's copier
+    left for a process the workload left behind; the workload has its own session)."""
     found = []
     for process in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
@@ -170,37 +172,40 @@ async def test_nothing_of_the_supervisor_outlives_it(executor: ProcessExecutor) 
         assert read_range(executor.run_dir(EID), "stdout", 0, 100, attempt=attempt)[1] == b"done\n"
 
 
-def test_the_writer_is_built_once_into_its_cache_and_older_builds_are_removed(tmp_path: Path) -> None:
+def test_the_native_supervisor_is_built_once_into_its_cache_and_older_builds_are_removed(
+    tmp_path: Path,
+) -> None:
     require("cc")
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "logwriter-0123456789abcdef").write_bytes(b"an older version's")
-    built = logwriter.build(cache)
+    (cache / "supervisor-0123456789abcdef").write_bytes(b"an older version's")
+    (cache / "logwriter-0123456789abcdef").write_bytes(b"the native log writer of the agents before")
+    built = native.build(cache)
     assert built is not None
-    assert built.name == logwriter.cached_name()
+    assert built.name == native.cached_name()
     assert sorted(p.name for p in cache.iterdir()) == [built.name]  # no temporary file either
     made = built.stat().st_mtime_ns
-    assert logwriter.build(cache) == built
+    assert native.build(cache) == built
     assert built.stat().st_mtime_ns == made  # not built again
 
 
-def test_without_a_compiler_or_a_writer_that_runs_there_is_none(
+def test_without_a_compiler_or_a_binary_that_runs_there_is_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The supervisors then use their shell writers (tests/integration/test_workload_logs.py runs an agent
+    """The executor then runs the shell supervisor and its writers (tests/integration/test_workload_logs.py runs an agent
     so)."""
     monkeypatch.setenv("CC", "no-such-compiler")
-    assert logwriter.build(tmp_path / "empty") is None
+    assert native.build(tmp_path / "empty") is None
     # A cached file that does not run (a noexec mount, a damaged copy) is not used either.
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / logwriter.cached_name()).write_bytes(b"#!/bin/sh\nexit 0\n")
-    assert logwriter.build(cache) is None
+    (cache / native.cached_name()).write_bytes(b"#!/bin/sh\nexit 0\n")
+    assert native.build(cache) is None
 
 
 def test_the_source_compiles_without_a_warning(tmp_path: Path) -> None:
     cc = require("cc")
-    source = Path(logwriter.__file__).with_name(logwriter.SOURCE)
+    source = Path(native.__file__).with_name(native.SOURCE)
     done = subprocess.run(
         [
             cc,

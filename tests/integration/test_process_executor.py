@@ -1,4 +1,8 @@
-"""The process executor's contracts, exercised directly: real supervisors, real workloads, no MQTT."""
+"""The process executor's contracts, exercised directly: real supervisors, real workloads, no MQTT.
+
+Every contract holds with both supervisors, the native one (agent/executors/supervisor.c) and the shell
+one it falls back on (supervisor.sh), and with either containment.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +22,19 @@ import psutil
 import pytest
 
 from agent.core.model import ProcessRef
+from agent.executors import cgroups, logs
 from agent.executors.cgroups import Containment
 from agent.executors.process import (
     TAIL_BYTES,
     ProcessExecutor,
     ProcessTableError,
     SpawnError,
+    _supervisor_script,
     is_same_process,
     start_time,
 )
 from agent.protocol import Spec
+from agent.streams import end_offset
 from tests.support.agent import pid_alive
 from tests.support.wait import wait_until, wait_until_sync
 
@@ -38,12 +45,22 @@ def spec(command: list[str], **fields: Any) -> Spec:
     return Spec.model_validate({"command": command, **fields})
 
 
+@pytest.fixture(params=["native", "shell"])
+def supervisor(request: pytest.FixtureRequest) -> Path | None:
+    """The native supervisor, or None for the shell one."""
+    return request.getfixturevalue("native_supervisor") if request.param == "native" else None
+
+
 @pytest.fixture(params=["cgroup", "process-group"])
-def executor(state_dir: Path, request: pytest.FixtureRequest) -> ProcessExecutor:
+def executor(state_dir: Path, request: pytest.FixtureRequest, supervisor: Path | None) -> ProcessExecutor:
     """Each contract holds with either containment: a cgroup per attempt, or the fallback."""
     if request.param == "process-group":
-        return ProcessExecutor(state_dir, Containment(kind="process-group", reason="chosen by the test"))
-    executor = ProcessExecutor(state_dir)
+        return ProcessExecutor(
+            state_dir,
+            Containment(kind="process-group", reason="chosen by the test"),
+            native_supervisor=supervisor,
+        )
+    executor = ProcessExecutor(state_dir, native_supervisor=supervisor)
     if executor.containment.kind != "cgroup":
         pytest.skip(f"not run: this machine gives the agent no cgroups ({executor.containment.reason})")
     return executor
@@ -110,13 +127,11 @@ async def test_sigkill_right_after_spawn_is_delivered(executor: ProcessExecutor)
         assert executor.outcome(EID, attempt).exit_code == 128 + 9
 
 
-@pytest.mark.parametrize("writer", ["native", "shell"])
-async def test_a_workload_killed_before_it_opened_its_output_leaves_no_log_writer_behind(
-    executor: ProcessExecutor, writer: str, request: pytest.FixtureRequest
+async def test_a_workload_killed_right_after_its_spawn_leaves_no_process_behind(
+    executor: ProcessExecutor,
 ) -> None:
-    """A workload killed before it opened its FIFOs would leave a log writer blocked in its open for ever."""
-    if writer == "native":
-        executor.log_writer = request.getfixturevalue("native_writer")
+    """With the shell supervisor, a workload killed before it opened its FIFOs would leave a log writer
+    blocked in its open for ever; the native one must not be left waiting either."""
     refs = []
     for attempt in range(1, 6):
         ref = await executor.spawn(EID, attempt, spec(["sleep", "300"]))
@@ -263,12 +278,26 @@ async def test_the_workload_gets_default_signal_dispositions(executor: ProcessEx
     ref = await executor.spawn(EID, 1, spec(["sleep", "300"]))
     wait_exec(ref.pid, ["sleep", "300"])
 
-    ignored = int(proc_status(ref.pid)["SigIgn"], 16)
+    status = proc_status(ref.pid)
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
     for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
         assert not ignored & (1 << (signum - 1)), f"{signum.name} is ignored by the workload: {ignored:#x}"
-    # ... while the supervisor ignores them on purpose.
+    assert (ignored, blocked) == (0, 0), f"the workload ignores {ignored:#x}, blocks {blocked:#x}"
+    # ... while the supervisor ignores these on purpose.
     supervisor_ignored = int(proc_status(ref.supervisor_pid)["SigIgn"], 16)
-    assert supervisor_ignored & (1 << (signal.SIGTERM - 1))
+    for signum in SUPERVISOR_IGNORES:
+        assert supervisor_ignored & (1 << (signum - 1)), f"the supervisor does not ignore {signum.name}"
+
+
+SUPERVISOR_IGNORES = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGPIPE,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 async def test_sigterm_right_after_spawn_is_not_ignored(executor: ProcessExecutor) -> None:
@@ -310,7 +339,7 @@ async def test_the_supervisor_ignores_sigterm_and_still_records_the_exit_code(
     script = f"while [ ! -e {go} ]; do sleep 0.02; done; exit 4"
     ref = await executor.spawn(EID, 1, spec(["sh", "-c", script]))
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in SUPERVISOR_IGNORES:
         os.kill(ref.supervisor_pid, signum)
     assert executor.is_alive(ref)
     go.touch()
@@ -473,3 +502,89 @@ async def test_ids_with_a_leading_dot_get_directories_of_their_own(
         for ref in refs.values():
             executor.signal(ref, "SIGKILL")
             await finished(executor, ref)
+
+
+@pytest.mark.parametrize(
+    ("interpreter", "code"),
+    [("/no/such/interpreter", 127), ("/", 126)],
+    ids=["not-found-127", "not-executable-126"],
+)
+async def test_a_command_the_exec_refuses_exits_as_env_would(
+    executor: ProcessExecutor, tmp_path: Path, interpreter: str, code: int
+) -> None:
+    """Found and executable when the spawn looks (so no SpawnError), refused by execve: ENOENT for a
+    missing interpreter, EACCES for a directory."""
+    script = tmp_path / "script"
+    script.write_text(f"#!{interpreter}\n")
+    script.chmod(0o755)
+    ref = await executor.spawn(EID, 1, spec([str(script)]))
+    await finished(executor, ref)
+    outcome = executor.outcome(EID, 1)
+    assert outcome.exit_code == code
+    assert str(script) in outcome.stderr.text  # said on the workload's own stderr
+
+
+async def test_the_workload_gets_the_open_files_limit_it_was_given(
+    executor: ProcessExecutor, state_dir: Path
+) -> None:
+    limited = ProcessExecutor(
+        state_dir, executor.containment, open_files=123, native_supervisor=executor.native_supervisor
+    )
+    ref = await limited.spawn(EID, 1, spec(["sh", "-c", "ulimit -S -n"]))
+    await finished(limited, ref)
+    assert limited.outcome(EID, 1).stdout.text == "123\n"
+
+
+async def test_the_workload_runs_in_its_cgroup_and_the_supervisor_outside(executor: ProcessExecutor) -> None:
+    if executor.containment.kind != "cgroup":
+        pytest.skip("no cgroup with this containment")
+    ref = await executor.spawn(EID, 1, spec(["sleep", "300"]))
+    wait_exec(ref.pid, ["sleep", "300"])
+    assert ref.cgroup is not None
+    assert ref.pid in cgroups.procs(Path(ref.cgroup))
+    assert ref.supervisor_pid not in cgroups.procs(Path(ref.cgroup))
+    assert executor.signal(ref, "SIGKILL")
+    await finished(executor, ref)
+    assert executor.outcome(EID, 1).exit_code == 128 + 9
+
+
+def launcher(supervisor: Path | None) -> list[str]:
+    """How the executor starts a supervisor (agent/executors/process.py)."""
+    if supervisor is not None:
+        return [str(supervisor), "supervise"]
+    return ["/bin/sh", _supervisor_script()]
+
+
+def test_a_cgroup_that_cannot_be_joined_is_exit_125_and_the_workload_never_runs(
+    supervisor: Path | None, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    logs.prepare(run_dir, fifos=supervisor is None)
+    (run_dir / "cgroup-1").write_text(f"{tmp_path / 'not-a-cgroup'}\n")
+    ran = tmp_path / "ran"
+    done = subprocess.run(
+        [*launcher(supervisor), str(run_dir), "1", "64", "4096", "2", "0", "0", "touch", str(ran)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 125, done.stderr
+    assert (run_dir / "exit-1").read_text() == "125\n"
+    assert not ran.exists()
+
+
+async def test_the_exit_file_is_written_atomically_once_the_output_is_complete(
+    executor: ProcessExecutor,
+) -> None:
+    size = 3_000_000
+    ref = await executor.spawn(EID, 1, spec(["head", "-c", str(size), "/dev/zero"]))
+    run_dir = executor.run_dir(EID)
+    exit_file = run_dir / "exit-1"
+    # Looked at as a reader that does not wait for the supervisor would: the moment the file is there.
+    await wait_until(exit_file.exists, timeout=30, what="exit file")
+    assert end_offset(run_dir, "stdout") == size
+    assert exit_file.read_text() == "0\n"
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
+    await finished(executor, ref)

@@ -1,4 +1,5 @@
-"""Workload logs through the real agent: the writer beside each workload (supervisor.sh) keeps every
+"""Workload logs through the real agent: the supervisor beside each workload (supervisor.c, or supervisor.sh's
+writers) keeps every
 stream within max_bytes x (1 + keep) in segments named by their offset, reads across them give the whole
 retained log in order, the workload writes on while the agent is down, and the logs go with the execution.
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, WorkloadLogsConfig
-from agent.executors import logwriter
+from agent.executors import native
 from agent.streams import read_range, segments
 from tests.support.agent import StatusLog, config_for, desired, desired_topic, running_agent
 from tests.support.broker import Broker
@@ -95,13 +96,13 @@ async def setting_up(
 
 @pytest.fixture(params=["native", "shell"])
 def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """The native writer, or the shell writers of a node where none can be built (no compiler, nothing
-    cached)."""
+    """The native supervisor, or the shell supervisor of a node where none can be built (no compiler,
+    nothing cached)."""
     if request.param == "native":
-        request.getfixturevalue("native_writer")
+        request.getfixturevalue("native_supervisor")
     else:
         monkeypatch.setenv("CC", "no-such-compiler")
-        monkeypatch.setenv(logwriter.CACHE_ENV, str(tmp_path / "empty-cache"))
+        monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "empty-cache"))
     return str(request.param)
 
 
@@ -113,7 +114,7 @@ async def test_logs_stay_in_keep_segments_read_in_order_and_go_with_the_executio
         broker, probe, state_dir, tmp_path, max_bytes=MAX_BYTES, execution=execution
     )
     async with running_agent(config) as agent:
-        assert (agent.runtime.executor.log_writer is not None) == (writer == "native")
+        assert (agent.runtime.executor.native_supervisor is not None) == (writer == "native")
         root = agent.runtime.executor.root
         run_dir = root / execution
         await probe.publish(

@@ -6,7 +6,8 @@ the session's when any of these holds (each catches what the others miss):
 - its environment carries this session's token (``ENV_TOKEN``, set in the pytest process and inherited
   by whatever it starts with the default environment, even once re-parented to init);
 - its command line, working directory or an open file lies under this session's pytest base temporary
-  directory: the supervisor runs ``sh .../supervisor.sh RUN_DIR ...`` and a workload writes to
+  directory: the supervisor runs ``.../supervisor-HASH supervise RUN_DIR ...`` (or ``sh .../supervisor.sh
+  RUN_DIR ...``) and a workload writes to
   ``RUN_DIR/stdout.log``, both under a test's ``tmp_path``, although the agent gives them a filtered
   environment and they are re-parented to init once their agent is killed.
 

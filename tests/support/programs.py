@@ -69,22 +69,30 @@ PROGRAMS: dict[str, Program] = {
             "systemd-analyze", "systemd", "verifies the shipped unit (tests/integration/test_systemd.py)"
         ),
         Program("mount", "mount", "mounts a small tmpfs for the full-disk test (needs root)"),
-        Program("sh", "dash", "runs the supervisor beside every workload (agent/executors/supervisor.sh)"),
-        Program("setsid", "util-linux", "gives every workload its own session (the supervisor)"),
-        Program("env", "coreutils", "restores default signals for every workload (the supervisor)"),
-        Program("sync", "coreutils", "makes every exit file durable (the supervisor)"),
-        Program("head", "coreutils", "copies each workload stream into its log segments (the supervisor)"),
         Program(
-            "stdbuf", "coreutils", "makes that copy unbuffered, so output is on disk at once (the supervisor)"
+            "sh", "dash", "runs the shell supervisor beside every workload (agent/executors/supervisor.sh)"
         ),
-        Program("wc", "coreutils", "measures each finished log segment (the supervisor)"),
+        Program("setsid", "util-linux", "gives every workload its own session (the shell supervisor)"),
+        Program("env", "coreutils", "restores default signals for every workload (the shell supervisor)"),
+        Program("sync", "coreutils", "makes every exit file durable (the shell supervisor)"),
         Program(
-            "sleep", "coreutils", "bounds the supervisor's wait for its log writers at the workload's end"
+            "head", "coreutils", "copies each workload stream into its log segments (the shell supervisor)"
+        ),
+        Program(
+            "stdbuf",
+            "coreutils",
+            "makes that copy unbuffered, so output is on disk at once (the shell supervisor)",
+        ),
+        Program("wc", "coreutils", "measures each finished log segment (the shell supervisor)"),
+        Program(
+            "sleep",
+            "coreutils",
+            "bounds the shell supervisor's wait for its log writers at the workload's end",
         ),
         Program(
             "cc",
             "gcc",
-            "builds the native log writer (agent/executors/logwriter.c; without it the shell writers run)",
+            "builds the native supervisor (agent/executors/supervisor.c; without it supervisor.sh runs)",
             also=("libc6-dev",),
         ),
         Program(
