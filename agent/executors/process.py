@@ -26,11 +26,12 @@ import shutil
 import signal as signals
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -248,9 +249,10 @@ class ProcessExecutor:
             native = self.native_supervisor
             logs.prepare(run_dir, fifos=native is None)
             limits = self.log_limits
-            # The same arguments for both (supervisor.sh's header); the native one takes a mode word.
+            # The same arguments for both (supervisor.sh's header); the native one takes a mode word, and
+            # opens supervisor.log itself when it has something to say (a file less per spawn).
             launcher = [str(native), "supervise"] if native is not None else ["/bin/sh", _supervisor_script()]
-            with (run_dir / "supervisor.log").open("ab") as supervisor_log:
+            with _supervisor_log(run_dir, native is None) as supervisor_log:
                 supervisor = subprocess.Popen(
                     [
                         *launcher,
@@ -580,6 +582,16 @@ async def _readable(fd: int) -> None:
         await ready.wait()
     finally:
         loop.remove_reader(fd)
+
+
+@contextlib.contextmanager
+def _supervisor_log(run_dir: Path, opened: bool) -> Iterator[IO[bytes] | int]:
+    """The supervisor's stderr: ``supervisor.log`` opened here if ``opened``, else /dev/null."""
+    if not opened:
+        yield subprocess.DEVNULL
+        return
+    with (run_dir / "supervisor.log").open("ab") as log:
+        yield log
 
 
 def _read_pid(supervisor: subprocess.Popen[bytes]) -> int:

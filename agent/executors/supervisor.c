@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,7 @@ static char buffer[65536];
 struct stream {
 	const char *name;
 	int in;                  /* the read end of its pipe, -1 once at its end (or given up) */
-	int out;                 /* the segment being written, -1 if none */
+	int out;                 /* the segment being written, -1 until its first byte comes */
 	unsigned long long at;   /* the offset of that segment's first byte */
 	unsigned long long full; /* bytes in that segment */
 };
@@ -78,8 +79,32 @@ static unsigned long long max_bytes;
 static unsigned long long keep;
 static const int ignored[] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2};
 
+/* What the supervisor has to say goes to RUN_DIR/supervisor.log, created only then (the agent gives it
+ * /dev/null as stderr): a file less to create per workload, where creating one costs more than the rest of
+ * the spawn on a busy ext4. */
+static void complain(const char *format, ...) {
+	static int log_open;
+	int error = errno, fd;
+	va_list arguments;
+	if (!log_open) {
+		char path[PATH_MAX];
+		log_open = 1;
+		if (snprintf(path, sizeof path, "%s/supervisor.log", run_dir) < PATH_MAX) {
+			fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+			if (fd >= 0 && fd != 2) {
+				dup2(fd, 2);
+				close(fd);
+			}
+		}
+	}
+	errno = error;
+	va_start(arguments, format);
+	vfprintf(stderr, format, arguments);
+	va_end(arguments);
+}
+
 static void say(const char *what, const char *name) {
-	fprintf(stderr, "supervisor: %s %s/%s: %s\n", what, run_dir, name, strerror(errno));
+	complain("supervisor: %s %s/%s: %s\n", what, run_dir, name, strerror(errno));
 }
 
 /* Every file is named through the run directory's path, never relative to a descriptor or the working
@@ -205,6 +230,10 @@ static int write_all(struct stream *s, const char *data, size_t size) {
 static void copy(struct stream *s) {
 	unsigned long long room = max_bytes - s->full;
 	ssize_t got = read(s->in, buffer, room < sizeof buffer ? (size_t)room : sizeof buffer);
+	if (got > 0 && s->out < 0 && !open_segment(s)) {
+		give_up(s);
+		return;
+	}
 	if (got < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return; /* nothing to read yet, but a writer holds the pipe open */
@@ -375,7 +404,7 @@ static int supervise(int argc, char **argv) {
 		return START_FAILED;
 	procs[0] = '\0';
 	if (cgroup[0] != '\0' && snprintf(procs, sizeof procs, "%s/cgroup.procs", cgroup) >= PATH_MAX) {
-		fprintf(stderr, "supervisor: the cgroup's path is too long: %s\n", cgroup);
+		complain("supervisor: the cgroup's path is too long: %s\n", cgroup);
 		return START_FAILED;
 	}
 	for (i = 0; i < 2; i++) {
@@ -394,7 +423,7 @@ static int supervise(int argc, char **argv) {
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	child = fork();
 	if (child < 0) {
-		fprintf(stderr, "supervisor: cannot start the workload: %s\n", strerror(errno));
+		complain("supervisor: cannot start the workload: %s\n", strerror(errno));
 		return START_FAILED;
 	}
 	if (child == 0)
@@ -413,7 +442,7 @@ static int supervise(int argc, char **argv) {
 
 	length = snprintf(line, sizeof line, "%d\n", (int)child);
 	if (write(1, line, (size_t)length) != length)
-		fprintf(stderr, "supervisor: cannot report the pid %d: %s\n", (int)child, strerror(errno));
+		complain("supervisor: cannot report the pid %d: %s\n", (int)child, strerror(errno));
 	i = open("/dev/null", O_WRONLY);
 	if (i >= 0) {
 		dup2(i, 1);
@@ -422,9 +451,16 @@ static int supervise(int argc, char **argv) {
 	/* After the pid went to the agent: a file costs half a millisecond, and the agent only needs this one
 	 * if it dies before recording the pid, which takes it longer than this. */
 	write_pid_file(child);
-	for (i = 0; i < 2; i++)
-		if (!open_segment(&streams[i]))
+	/* A segment is made with the stream's first byte, so a quiet stream costs no file (a quiet attempt
+	 * has no segment: readers then find the stream empty). Except beside a format-1 log (an earlier
+	 * attempt's, from an agent before format 2): readers take that log for an attempt that has no
+	 * segment of its own (agent/streams.py, of_attempt), so the attempt gets one at once, empty if need be. */
+	for (i = 0; i < 2; i++) {
+		char live[16], path[PATH_MAX];
+		snprintf(live, sizeof live, "%s.log", streams[i].name);
+		if (in_run_dir(path, live) && access(path, F_OK) == 0 && !open_segment(&streams[i]))
 			give_up(&streams[i]);
+	}
 
 	for (;;) {
 		struct pollfd fds[3];
@@ -444,7 +480,7 @@ static int supervise(int argc, char **argv) {
 		}
 		if (poll(fds, (nfds_t)count, timeout) < 0) {
 			if (errno != EINTR) {
-				fprintf(stderr, "supervisor: cannot poll: %s\n", strerror(errno));
+				complain("supervisor: cannot poll: %s\n", strerror(errno));
 				timeout = POLL_MS; /* not expected; the workload is still reaped below */
 			}
 			for (i = 0; i < count; i++)
@@ -468,8 +504,7 @@ static int supervise(int argc, char **argv) {
 			pid_t copier = fork();
 			if (copier != 0) {
 				if (copier < 0)
-					fprintf(stderr, "supervisor: cannot go on copying in the background: %s\n",
-					        strerror(errno));
+					complain("supervisor: cannot go on copying in the background: %s\n", strerror(errno));
 				break;
 			}
 			workload = ALONE;

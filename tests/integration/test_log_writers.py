@@ -23,7 +23,7 @@ from agent.executors import native
 from agent.executors.cgroups import Containment
 from agent.executors.process import ProcessExecutor
 from agent.protocol import Spec
-from agent.streams import read_range, segments
+from agent.streams import read_range, segments, span
 from tests.support.programs import require
 from tests.support.wait import wait_until
 
@@ -225,3 +225,25 @@ def test_the_source_compiles_without_a_warning(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_quiet_attempt_has_no_log_of_its_own_even_beside_a_format_1_log(
+    executor: ProcessExecutor,
+) -> None:
+    """The native supervisor makes a segment with the stream's first byte (and supervisor.log with its first
+    message), so a quiet attempt costs no file; beside a format-1 log it makes an empty one at once, or the
+    readers of an attempt's log (logs on request) would take the older agent's log for the attempt's
+    (agent/streams.py, of_attempt)."""
+    run_dir = executor.run_dir(EID)
+    await run(executor, 1, "true")
+    quiet = [] if executor.native_supervisor is not None else [(0, 1, 0)]
+    assert (layout(run_dir, "stdout"), layout(run_dir, "stderr")) == (quiet, quiet)
+    assert (run_dir / "supervisor.log").exists() == (executor.native_supervisor is None)
+    assert executor.outcome(EID, 1).exit_code == 0
+
+    (run_dir / "stdout.log").write_bytes(b"an attempt under an agent before format 2\n")
+    await run(executor, 2, "true")
+    start, end = span(run_dir, "stdout", attempt=2)
+    assert start == end
+    assert read_range(run_dir, "stdout", 0, 100, attempt=2)[1] == b""
+    assert executor.outcome(EID, 2).exit_code == 0
