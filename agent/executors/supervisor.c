@@ -479,10 +479,8 @@ static int supervise(int argc, char **argv) {
 			timeout = left > 0 ? (int)left : 0;
 		}
 		if (poll(fds, (nfds_t)count, timeout) < 0) {
-			if (errno != EINTR) {
+			if (errno != EINTR) /* not expected (ENOMEM): the loop tries again, the workload is still reaped */
 				complain("supervisor: cannot poll: %s\n", strerror(errno));
-				timeout = POLL_MS; /* not expected; the workload is still reaped below */
-			}
 			for (i = 0; i < count; i++)
 				fds[i].revents = 0;
 		}
