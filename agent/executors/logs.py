@@ -154,10 +154,11 @@ def writer_problem() -> str | None:
     return f"the workload log writer needs {', '.join(absent)} (Debian package coreutils) on PATH"
 
 
-def prepare(run_dir: Path, *, fifos: bool = True) -> None:
-    """Before a spawn: the format marker, and fresh FIFOs for the shell supervisor's writers
-    (supervisor.sh) if ``fifos``; the native supervisor gives its workload pipes and needs none."""
-    for name in STREAM_NAMES if fifos else ():
+def prepare(run_dir: Path) -> None:
+    """Before a spawn of the shell supervisor: the format marker and fresh FIFOs for its writers
+    (supervisor.sh). The native supervisor gives its workload pipes and writes the marker itself, with
+    its first segment."""
+    for name in STREAM_NAMES:
         fifo = run_dir / f"{name}.fifo"
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo, 0o600)

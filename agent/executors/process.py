@@ -199,7 +199,13 @@ class ProcessExecutor:
         """:meth:`launch` started now, from any thread: its future resolves in the spawning thread."""
         # fork/exec from the event loop thread stalls it under load (cpython#146181): worker threads of
         # the executor's own, so a burst of spawns neither waits behind nor starves other thread work.
-        return self._spawner.submit(self._spawn, execution_id, attempt, spec)
+        launched = self._spawner.submit(self._spawn, execution_id, attempt, spec)
+        # The spawning thread needs the GIL for its first steps, and the caller (the event loop) would
+        # hold it through the rest of the decision's effects and the publisher's turn, a millisecond
+        # (tests/integration/test_hot_path.py's path): sleep(0) hands it over now; the thread gives it
+        # back at its first system call.
+        time.sleep(0)
+        return launched
 
     def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
         try:
@@ -247,7 +253,8 @@ class ProcessExecutor:
             if cgroup is not None:
                 self._prepare_cgroup(cgroup, run_dir / f"cgroup-{attempt}", spec)
             native = self.native_supervisor
-            logs.prepare(run_dir, fifos=native is None)
+            if native is None:  # the native supervisor writes the format marker with its first segment
+                logs.prepare(run_dir)
             limits = self.log_limits
             # The same arguments for both (supervisor.sh's header); the native one takes a mode word, and
             # opens supervisor.log itself when it has something to say (a file less per spawn).

@@ -239,6 +239,8 @@ async def test_a_quiet_attempt_has_no_log_of_its_own_even_beside_a_format_1_log(
     quiet = [] if executor.native_supervisor is not None else [(0, 1, 0)]
     assert (layout(run_dir, "stdout"), layout(run_dir, "stderr")) == (quiet, quiet)
     assert (run_dir / "supervisor.log").exists() == (executor.native_supervisor is None)
+    # Nor the format marker: the native supervisor writes it with its first segment (no log, no format).
+    assert (run_dir / "format").exists() == (executor.native_supervisor is None)
     assert executor.outcome(EID, 1).exit_code == 0
 
     (run_dir / "stdout.log").write_bytes(b"an attempt under an agent before format 2\n")
@@ -246,4 +248,5 @@ async def test_a_quiet_attempt_has_no_log_of_its_own_even_beside_a_format_1_log(
     start, end = span(run_dir, "stdout", attempt=2)
     assert start == end
     assert read_range(run_dir, "stdout", 0, 100, attempt=2)[1] == b""
+    assert (run_dir / "format").read_text() == "2\n"  # a segment, and so the marker
     assert executor.outcome(EID, 2).exit_code == 0

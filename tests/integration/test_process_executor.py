@@ -560,7 +560,8 @@ def test_a_cgroup_that_cannot_be_joined_is_exit_125_and_the_workload_never_runs(
 ) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    logs.prepare(run_dir, fifos=supervisor is None)
+    if supervisor is None:
+        logs.prepare(run_dir)
     (run_dir / "cgroup-1").write_text(f"{tmp_path / 'not-a-cgroup'}\n")
     ran = tmp_path / "ran"
     done = subprocess.run(

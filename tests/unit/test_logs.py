@@ -239,9 +239,3 @@ def test_prepare_makes_fresh_fifos_and_the_format_marker(tmp_path: Path) -> None
     prepare(tmp_path)
     assert all(stat.S_ISFIFO((tmp_path / f"{n}.fifo").stat().st_mode) for n in ("stdout", "stderr"))
     assert (tmp_path / "format").read_text() == "2\n"
-
-
-def test_prepare_for_the_native_supervisor_makes_no_fifos(tmp_path: Path) -> None:
-    prepare(tmp_path, fifos=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["format"]
-    assert (tmp_path / "format").read_text() == "2\n"
