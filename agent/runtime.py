@@ -139,6 +139,7 @@ class Runtime:
         self._publishing: dict[str, asyncio.Task[None]] = {}  # a try in flight, by execution
         # Only what was accepted: an execution that is nothing but a rejection lives in the store alone.
         self.executions: dict[str, Execution] = {}
+        self._high_water: dict[str, int] = {}  # marks read ahead for the events being applied (apply_all)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.log = log.bind(node=topics.node_id)
         # Called after every committed decision; an observer must be quick and must not raise.
@@ -278,6 +279,13 @@ class Runtime:
         execution met a second time starts a new group: its next event is decided on the state its first
         one committed, so decisions for one execution never interleave. A control document is applied
         between groups, in its place: admission decides on the cordon in force."""
+        self._read_high_water(deliveries)
+        try:
+            self._apply_groups(deliveries)
+        finally:
+            self._high_water.clear()
+
+    def _apply_groups(self, deliveries: Sequence[Delivery | ControlDelivery]) -> None:
         group: list[tuple[Decision, int | None]] = []
         deciding: set[str] = set()  # the executions decided in ``group``
         for delivery in deliveries:
@@ -295,7 +303,21 @@ class Runtime:
                 deciding.add(delivery.execution_id)
         self._settle(group)
 
+    def _read_high_water(self, deliveries: Sequence[Delivery | ControlDelivery]) -> None:
+        """The revision high-water marks of the executions these events find unknown, in one query: a
+        burst of new desired documents would otherwise ask once each, and each statement hands the GIL to
+        the spawning threads and waits to get it back."""
+        unknown = {
+            d.execution_id
+            for d in deliveries
+            if isinstance(d, Delivery) and d.execution_id not in self.executions
+        }
+        if len(unknown) > 1:
+            self._high_water.update(self.store.high_waters(unknown))
+
     def _settle(self, group: list[tuple[Decision, int | None]]) -> None:
+        for decision, _ in group:  # committed from here on: its mark is the store's to tell again
+            self._high_water.pop(decision.execution_id, None)
         for decision, sent in zip((d for d, _ in group), self._commit(group), strict=True):
             if sent is not None:
                 self._act(decision, sent)
@@ -308,10 +330,11 @@ class Runtime:
         rejected_only = self.store.never_accepted(execution_id)
         if rejected_only is not None:
             return rejected_only.execution()
+        known = self._high_water.get(execution_id)
         return Absent(
             execution_id=execution_id,
             node_id=self.topics.node_id,
-            revision=self.store.high_water(execution_id),
+            revision=self.store.high_water(execution_id) if known is None else known,
         )
 
     def _decide(self, execution_id: str, event: Event) -> Decision | None:

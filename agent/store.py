@@ -35,7 +35,8 @@ CONTROL_KEY = "control"
 # Decision times kept beside outbox rows at once (agent/outbox.py Message.decided_at): past it the oldest
 # are dropped and their statuses go unmeasured, so a long broker outage cannot grow the agent unbounded.
 MAX_STAMPS = 10_000
-ACK_DELETE_ROWS = 256  # acknowledged outbox rows deleted together through a burst (Store.acknowledge)
+ACK_DELETE_ROWS = 256
+HIGH_WATER_BATCH = 500  # ids per query: under SQLite's 999 bound parameters of its older builds  # acknowledged outbox rows deleted together through a burst (Store.acknowledge)
 
 
 class StoreError(Exception):
@@ -231,6 +232,18 @@ class Store:
             "SELECT revision FROM revisions WHERE execution_id = ?", (execution_id,)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def high_waters(self, execution_ids: Iterable[str]) -> dict[str, int]:
+        """:meth:`high_water` of each of ``execution_ids``, in as few queries as the statement limit allows."""
+        ids = list(execution_ids)
+        found = dict.fromkeys(ids, 0)
+        for start in range(0, len(ids), HIGH_WATER_BATCH):
+            batch = ids[start : start + HIGH_WATER_BATCH]
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT execution_id, revision FROM revisions WHERE execution_id IN ({marks})"
+            for execution_id, revision in self._db.execute(query, batch):
+                found[str(execution_id)] = int(revision)
+        return found
 
     def commit(
         self,
