@@ -15,20 +15,15 @@ from agent.intake import to_event
 from agent.protocol import Topics, parse_desired
 from agent.results.publishers import Publishers
 from agent.store import Store
+from tests.support.agent import desired
 from tests.support.runtime import standalone_runtime
 
 NODE = "node-1"
 NO_CGROUPS = Containment(kind="process-group", reason="a unit test makes no cgroups")
 
 
-def pending(execution_id: str, generation: int = 1) -> bytes:
-    document = {
-        "execution_id": execution_id,
-        "generation": generation,
-        "desired_state": {"state_type": "pending"},
-        "spec": {"command": ["sleep", "1"]},
-    }
-    return json.dumps(document).encode()
+def pending(execution_id: str) -> bytes:
+    return json.dumps(desired(execution_id, state="pending", command=["sleep", "1"])).encode()
 
 
 def delivery(execution_id: str, payload: bytes) -> Delivery:
