@@ -60,6 +60,7 @@ WATCH_POLL_MAX_S = 1.0
 # Spawns in flight at once. Each thread mostly waits (fork/exec, then the supervisor's pid on a pipe), so
 # a few overlap well on any machine; more would only queue on the GIL and the disk.
 SPAWN_THREADS = 4
+FOUND_KEPT = 1024  # (program, PATH) pairs remembered as found, at most
 FD_RESERVE = 128  # descriptors never spent on pidfds: sockets, the store, /proc reads, spawns, probes  # wall-clock start times are only as fine as a clock tick
 
 
@@ -166,6 +167,7 @@ class ProcessExecutor:
         self.limit_reached: LimitReached | None = None
         self._pidfds = 0  # held by watches now
         self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="spawn")
+        self._found: set[tuple[str, str | None]] = set()  # (program, PATH) found before (_on_path)
 
     def run_dir(self, execution_id: str) -> Path:
         return self.root / dir_name(execution_id)
@@ -232,7 +234,7 @@ class ProcessExecutor:
         if problem is not None:
             raise SpawnError(problem)
         program = spec.command[0]
-        if shutil.which(program, path=env.get("PATH")) is None:
+        if not self._on_path(program, env.get("PATH")):
             raise SpawnError(f"command {program!r} was not found or is not executable")
         run_dir = self.run_dir(execution_id)
         cgroup = self.containment.attempt_cgroup(run_dir.name, attempt)
@@ -301,6 +303,21 @@ class ProcessExecutor:
         self._children[supervisor.pid] = supervisor
         self.limit_reached = None
         return ref
+
+    def _on_path(self, program: str, path: str | None) -> bool:
+        """Whether ``program`` is found on ``path``. What was found is remembered (a search is a system call
+        per directory, on every spawn); what was not is looked for again, so a program installed since is
+        found. One removed since is reported by the supervisor instead (exit 127), as it would be if it
+        were removed while it spawns."""
+        key = (program, path)
+        if key in self._found:
+            return True
+        if shutil.which(program, path=path) is None:
+            return False
+        if len(self._found) >= FOUND_KEPT:
+            self._found.clear()
+        self._found.add(key)  # from the spawning threads: a set's add and lookup are atomic
+        return True
 
     def _new_run_dir(self, run_dir: Path) -> bool:
         """Make ``run_dir`` if it is not there; whether it was made now (and so is empty)."""
