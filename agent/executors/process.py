@@ -204,10 +204,11 @@ class ProcessExecutor:
         launched = self._spawner.submit(self._spawn, execution_id, attempt, spec)
         # The spawning thread needs the GIL for its first steps, and the caller (the event loop) would
         # hold it through the rest of the decision's effects and the publisher's turn, a millisecond on
-        # the way to `validating`; sleep(0) hands it over now, and the thread gives it back at its first
-        # system call. Through a burst too: the spawns are what the burst waits for (1000 at once: 3.5 s
-        # with it, 4.1-4.3 s handing over only for a lone spawn, alternating runs).
-        time.sleep(0)
+        # the way to `validating`; sched_yield hands it over now (it releases the GIL), and the thread gives
+        # it back at its first system call. Not time.sleep(0): libfaketime refuses a zero sleep with EINVAL
+        # (tests/integration/test_clock_jumps.py). Through a burst too: the spawns are what the burst waits
+        # for (1000 at once: 3.5 s with it, 4.1-4.3 s handing over for a lone spawn only).
+        os.sched_yield()
         return launched
 
     def _spawn(self, execution_id: str, attempt: int, spec: Spec) -> Spawned:
