@@ -35,8 +35,8 @@ CONTROL_KEY = "control"
 # Decision times kept beside outbox rows at once (agent/outbox.py Message.decided_at): past it the oldest
 # are dropped and their statuses go unmeasured, so a long broker outage cannot grow the agent unbounded.
 MAX_STAMPS = 10_000
-ACK_DELETE_ROWS = 256
-HIGH_WATER_BATCH = 500  # ids per query: under SQLite's 999 bound parameters of its older builds  # acknowledged outbox rows deleted together through a burst (Store.acknowledge)
+ACK_DELETE_ROWS = 256  # acknowledged outbox rows deleted together through a burst (Store.acknowledge)
+HIGH_WATER_BATCH = 500  # ids per query: under SQLite's 999 bound parameters of its older builds
 
 
 class StoreError(Exception):
@@ -228,10 +228,8 @@ class Store:
         self.previous_boot = None
 
     def high_water(self, execution_id: str) -> int:
-        row = self._db.execute(
-            "SELECT revision FROM revisions WHERE execution_id = ?", (execution_id,)
-        ).fetchone()
-        return int(row[0]) if row else 0
+        """The highest revision ever published for ``execution_id`` (0 if none), deletions included."""
+        return self.high_waters([execution_id])[execution_id]
 
     def high_waters(self, execution_ids: Iterable[str]) -> dict[str, int]:
         """:meth:`high_water` of each of ``execution_ids``, in as few queries as the statement limit allows."""
